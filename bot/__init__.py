@@ -1,0 +1,1 @@
+"""patientbot conversation engine: pipeline, sessions, policy, CLI and web app wiring."""

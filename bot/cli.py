@@ -1,0 +1,137 @@
+"""The `patientbot` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from bot.config import DEFAULT_CONFIG_DIR, Config, load_config
+from bot.errors import ConfigError, SecretsError
+from bot.logs import configure_logging
+from bot.settings import load_settings
+
+EXIT_CONFIG = 2
+
+
+def _default_config_dir() -> Path:
+    if os.environ.get("PATIENTBOT_CONFIG"):
+        return Path(os.environ["PATIENTBOT_CONFIG"])
+    local = Path("config")
+    return local if (local / "app.yml").exists() else DEFAULT_CONFIG_DIR
+
+
+def _load(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    configure_logging(production=config.app.environment == "production")
+    return config
+
+
+def _runtime(args: argparse.Namespace):  # noqa: ANN202 - imported lazily to keep `config check` light
+    from bot.runtime import Runtime, load_decision_step
+
+    config = _load(args)
+    return Runtime.build(config, load_settings(config),
+                         decision_step=load_decision_step(args.decision_step))
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(config.summary())
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from bot.app import create_app
+
+    async def main() -> None:
+        runtime = _runtime(args)
+        app = create_app(runtime, workers=args.workers)
+        server = uvicorn.Server(uvicorn.Config(
+            app, host=args.host, port=args.port, log_config=None, access_log=False,
+            proxy_headers=True, timeout_graceful_shutdown=5, lifespan="on"))
+        await server.serve()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    async def main() -> None:
+        runtime = _runtime(args)
+        if not runtime.settings.persistent:
+            raise SecretsError("`patientbot worker` needs REDIS_URL: in-memory storage cannot "
+                               "be shared between processes")
+        if args.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(args.metrics_port, addr="127.0.0.1")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await runtime.new_worker().run(stop)
+        finally:
+            await runtime.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="patientbot",
+                                     description="Patient-support bot with human handoff")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", type=Path, default=_default_config_dir(),
+                       help="directory of the YAML config (default: ./config)")
+        return p
+
+    def with_decision_step(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--decision-step", default=os.environ.get("PATIENTBOT_DECISION_STEP"),
+                       help="module:factory of the decision step (default: front-desk handoff)")
+
+    serve = with_config(commands.add_parser("serve", help="run the web app and workers"))
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=None,
+                       help="in-process workers (default: config workers.in_process)")
+    with_decision_step(serve)
+    serve.set_defaults(handler=cmd_serve)
+
+    worker = with_config(commands.add_parser("worker", help="run one more worker process"))
+    worker.add_argument("--metrics-port", type=int, default=None,
+                        help="serve this worker's /metrics on 127.0.0.1:PORT")
+    with_decision_step(worker)
+    worker.set_defaults(handler=cmd_worker)
+
+    config = commands.add_parser("config", help="configuration tools")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    check = with_config(config_commands.add_parser("check", help="validate config/ and summarise"))
+    check.set_defaults(handler=cmd_config_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as err:
+        print(f"patientbot: config error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SecretsError as err:
+        print(f"patientbot: environment error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Operator configuration: config/*.yml validated into typed models at start-up.
+
+Every problem becomes one `ConfigError` naming the file, the key path and the problem. Secrets
+never live here (see `bot.settings`); unknown keys are refused so a misplaced secret or a
+typo cannot pass silently.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bot.errors import ConfigError
+
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+LaneName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_timezone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}") from None
+    return name
+
+
+class PortalConfig(_Model):
+    enabled: bool = True
+    idle_timeout_minutes: int = Field(15, ge=1, le=240)
+    absolute_timeout_minutes: int = Field(120, ge=5, le=1440)
+    max_signin_attempts: int = Field(5, ge=1, le=50)
+    signin_lockout_minutes: int = Field(15, ge=1, le=1440)
+
+
+class LimitsConfig(_Model):
+    # Longer messages are refused at the channel with a clear error, not truncated.
+    max_message_chars: int = Field(4000, ge=100, le=100_000)
+    dedupe_ttl_hours: int = Field(72, ge=1, le=24 * 30)
+    retention_days: int = Field(90, ge=1, le=3650)
+
+
+class WorkersConfig(_Model):
+    in_process: int = Field(1, ge=0, le=64)
+    concurrency: int = Field(32, ge=1, le=1024)
+    reclaim_idle_seconds: float = Field(30.0, gt=0)
+    lock_ttl_seconds: float = Field(30.0, gt=0)
+    order_wait_seconds: float = Field(60.0, ge=0)
+
+
+class AppConfig(_Model):
+    organisation: str = Field(min_length=1)
+    environment: Literal["development", "production"] = "development"
+    timezone: str = "UTC"
+    public_base_url: str = "http://127.0.0.1:8000"
+    data_dir: str = ".data"
+    default_language: Literal["en", "es"] = "en"
+    limits: LimitsConfig = LimitsConfig()
+    workers: WorkersConfig = WorkersConfig()
+    portal: PortalConfig = PortalConfig()
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        return _check_timezone(value)
+
+
+class QueueConfig(_Model):
+    display_name: str = Field(min_length=1)
+    description: str = ""
+
+
+class QueuesFile(_Model):
+    queues: dict[LaneName, QueueConfig]
+
+
+class IntentConfig(_Model):
+    lane: LaneName | None = None
+
+
+class IntentsFile(_Model):
+    intents: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")], IntentConfig]
+
+
+class Templates(_Model):
+    """Patient-facing texts the foundation needs; each language must have every one."""
+
+    handoff_ack: str
+    handoff_followup: str
+    error_fallback: str
+    portal_welcome: str
+
+
+class MessagesFile(_Model):
+    messages: dict[Literal["en", "es"], Templates]
+
+
+class PatientRecord(_Model):
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    name: str = Field(min_length=1)
+    dob: date
+    phone: str | None = None
+    email: str | None = None
+
+
+class PatientsFile(_Model):
+    patients: list[PatientRecord] = []
+
+
+class Config(_Model):
+    directory: str
+    app: AppConfig
+    queues: dict[str, QueueConfig]
+    intents: dict[str, IntentConfig]
+    messages: dict[str, Templates]
+    patients: list[PatientRecord]
+
+    def text(self, name: str, language: str | None = None) -> str:
+        """A patient-facing template in `language`, falling back to the default language."""
+        templates = self.messages.get(language or "") or self.messages[self.app.default_language]
+        return getattr(templates, name)
+
+    def summary(self) -> str:
+        return (
+            f"config OK ({self.directory}): organisation {self.app.organisation!r}, "
+            f"environment {self.app.environment}, time zone {self.app.timezone}, "
+            f"{len(self.queues)} queues, {len(self.intents)} intents, "
+            f"languages {', '.join(sorted(self.messages))}, "
+            f"{len(self.patients)} sample patients"
+        )
+
+
+# file name -> (model, required)
+_FILES: dict[str, tuple[type[_Model], bool]] = {
+    "app.yml": (AppConfig, True),
+    "queues.yml": (QueuesFile, True),
+    "intents.yml": (IntentsFile, True),
+    "messages.yml": (MessagesFile, True),
+    "patients.yml": (PatientsFile, False),
+}
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(unknown place)"
+        raise ConfigError(path.name, where, f"YAML syntax error: {err.problem}") from None
+    except yaml.YAMLError:
+        raise ConfigError(path.name, "", "YAML syntax error") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path.name, "", "not UTF-8 text") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(path.name, "(top level)", "expected a mapping of keys")
+    return data
+
+
+def _validate(path: Path, model: type[_Model], data: dict[str, Any]) -> _Model:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        problem = first["msg"]
+        if first["type"] == "extra_forbidden":
+            problem = "unknown key"
+        raise ConfigError(path.name, _key_path(first["loc"]), problem) from None
+
+
+def load_config(directory: Path | str | None = None) -> Config:
+    """Load and cross-check every config file; raise `ConfigError` on the first problem."""
+    root = Path(directory) if directory else DEFAULT_CONFIG_DIR
+    if not root.is_dir():
+        raise ConfigError(str(root), "", "config directory not found")
+    for path in sorted(root.glob("*.y*ml")):
+        if path.name not in _FILES:
+            raise ConfigError(path.name, "", f"unknown config file (expected one of: "
+                              f"{', '.join(_FILES)})")
+    loaded: dict[str, Any] = {}
+    for name, (model, required) in _FILES.items():
+        path = root / name
+        if not path.exists():
+            if required:
+                raise ConfigError(name, "", "required file is missing")
+            loaded[name] = model.model_validate({})
+            continue
+        loaded[name] = _validate(path, model, _read_yaml(path))
+
+    app: AppConfig = loaded["app.yml"]
+    queues = loaded["queues.yml"].queues
+    intents = loaded["intents.yml"].intents
+    if "front_desk" not in queues:
+        raise ConfigError("queues.yml", "queues.front_desk",
+                          "the front_desk queue is required (every fallback handoff goes there)")
+    for intent, spec in intents.items():
+        if spec.lane is not None and spec.lane not in queues:
+            raise ConfigError("intents.yml", f"intents.{intent}.lane",
+                              f"unknown queue {spec.lane!r} (not in queues.yml)")
+    messages = loaded["messages.yml"].messages
+    if app.default_language not in messages:
+        raise ConfigError("messages.yml", f"messages.{app.default_language}",
+                          "the default language from app.yml has no messages")
+    patients = loaded["patients.yml"].patients
+    seen: set[str] = set()
+    for index, patient in enumerate(patients):
+        if patient.id in seen:
+            raise ConfigError("patients.yml", f"patients.{index}.id", "duplicate patient id")
+        seen.add(patient.id)
+    return Config(directory=str(root), app=app, queues=queues, intents=intents,
+                  messages=messages, patients=patients)

@@ -1,0 +1,20 @@
+"""Prometheus metrics (prometheus-client). Labels are channel, lane and decision codes only."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MESSAGES_IN = Counter("patientbot_messages_in_total", "Inbound messages accepted", ["channel"])
+MESSAGES_OUT = Counter("patientbot_messages_out_total", "Replies delivered", ["channel"])
+SEND_FAILURES = Counter("patientbot_send_failures_total", "Failed reply sends", ["channel"])
+HANDOFFS = Counter("patientbot_handoffs_total", "Handoffs to human queues", ["lane", "priority"])
+DECISIONS = Counter("patientbot_decisions_total", "Pipeline decisions", ["decision"])
+PIPELINE_ERRORS = Counter("patientbot_pipeline_errors_total",
+                          "Errors caught by the pipeline's error boundary", ["stage"])
+DUPLICATES = Counter("patientbot_duplicates_total", "Redelivered or repeated messages dropped")
+PIPELINE_LATENCY = Histogram(
+    "patientbot_pipeline_latency_seconds",
+    "From receipt by the channel to the reply committed in the outbox",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+INGRESS_PENDING = Gauge("patientbot_ingress_pending", "Ingress entries delivered, not yet done")

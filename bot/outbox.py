@@ -1,0 +1,61 @@
+"""Outbox dispatch: committed replies -> channel adapters, each sent once.
+
+The committing worker sends its own replies at once (`deliver`); `sweep` picks up anything
+whose lease ran out (a worker died between commit and send, or a send failed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import structlog
+
+from bot import metrics
+from bot.envelopes import Outbound
+from bot.store import Store
+from channels.base import ChannelRegistry, ChannelSendError
+
+log = structlog.get_logger("patientbot.outbox")
+
+# Retries back off and then continue every ten minutes: a reply is never dropped silently.
+RETRY_DELAYS = (1.0, 5.0, 30.0, 120.0, 600.0)
+NOT_RETRYABLE_DELAY = 3600.0
+
+
+class OutboxDispatcher:
+    def __init__(self, store: Store, channels: ChannelRegistry, *,
+                 lease_seconds: float = 30.0) -> None:
+        self._store = store
+        self._channels = channels
+        self._lease = lease_seconds
+        self._attempts: dict[str, int] = {}
+
+    async def deliver(self, messages: Iterable[Outbound]) -> None:
+        for message in messages:
+            await self._send(message)
+
+    async def sweep(self, *, limit: int = 100) -> int:
+        due = await self._store.claim_outbox(limit=limit, lease_seconds=self._lease)
+        await self.deliver(due)
+        return len(due)
+
+    async def _send(self, message: Outbound) -> None:
+        bound = log.bind(conversation=message.conversation_id, outbound=message.id,
+                         channel=message.channel)
+        try:
+            provider_id = await self._channels.get(message.channel).send(message)
+        except Exception as err:
+            metrics.SEND_FAILURES.labels(channel=message.channel).inc()
+            attempt = self._attempts.get(message.id, 0) + 1
+            self._attempts[message.id] = attempt
+            retryable = not isinstance(err, ChannelSendError) or err.retryable
+            delay = (RETRY_DELAYS[min(attempt, len(RETRY_DELAYS)) - 1] if retryable
+                     else NOT_RETRYABLE_DELAY)
+            await self._store.retry_outbox(message.id, delay=delay)
+            bound.warning("send failed; will retry", error_type=type(err).__name__,
+                          attempt=attempt, retry_in=delay)
+            return
+        self._attempts.pop(message.id, None)
+        await self._store.mark_sent(message.id, provider_id=provider_id)
+        metrics.MESSAGES_OUT.labels(channel=message.channel).inc()
+        bound.info("reply sent")

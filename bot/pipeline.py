@@ -1,0 +1,152 @@
+"""The pipeline: one ingress entry -> at most one committed turn.
+
+dedupe -> per-conversation ordering lock -> session -> decision step -> commit (session,
+transcript, tickets, outbox, dedupe mark in one atomic write) -> send. The decision step runs
+inside the error boundary: whatever it raises, the patient gets a polite reply and the
+conversation goes to front_desk. Failures of the store itself propagate, so the entry stays
+pending and is retried; nothing is acknowledged before it is committed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+import structlog
+
+from bot import metrics
+from bot.config import Config
+from bot.decision import Decision, DecisionStep, error_decision
+from bot.envelopes import Inbound, Outbound, utcnow
+from bot.errors import CryptoError, PatientbotError
+from bot.ingress import Ingress, IngressEntry
+from bot.session import Direction, IdentityStatus, Session, SessionState, TranscriptEntry
+from bot.store import Store, Turn
+from handoff.tickets import HandoffTicket
+
+log = structlog.get_logger("patientbot.pipeline")
+
+
+class PoisonEntry(PatientbotError):
+    """An ingress entry that can never be processed (its envelope does not open)."""
+
+
+class Outcome(StrEnum):
+    PROCESSED = "processed"
+    DUPLICATE = "duplicate"
+    DEFERRED = "deferred"  # an earlier message of the conversation is not done yet
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    outcome: Outcome
+    outbox: tuple[Outbound, ...] = ()
+
+
+def _message_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Pipeline:
+    def __init__(self, *, config: Config, store: Store, ingress: Ingress,
+                 decision_step: DecisionStep) -> None:
+        self._config = config
+        self._store = store
+        self._ingress = ingress
+        self._decide = decision_step
+        self._workers = config.app.workers
+
+    async def handle(self, entry: IngressEntry, *, waited: float = 0.0) -> Result:
+        """Process one entry. `waited` is how long the caller has been deferring it."""
+        try:
+            inbound = self._ingress.open(entry)
+        except (CryptoError, ValueError, KeyError) as err:
+            raise PoisonEntry(entry.entry_id) from err
+        key = self._ingress.conversation_key(inbound.channel, inbound.sender)
+        bound = log.bind(conversation=key.id, entry=entry.entry_id, seq=entry.seq)
+        async with self._store.lock(key.id, ttl=self._workers.lock_ttl_seconds,
+                                    timeout=self._workers.lock_ttl_seconds):
+            session = await self._store.get_session(key) or Session(
+                key=key, sender=inbound.sender, language=self._config.app.default_language)
+            if entry.seq <= session.last_seq:
+                metrics.DUPLICATES.inc()
+                bound.info("entry already processed")
+                return Result(Outcome.DUPLICATE)
+            if entry.seq > session.last_seq + 1 and waited < self._workers.order_wait_seconds:
+                return Result(Outcome.DEFERRED)
+            session.last_seq = entry.seq
+            if await self._store.is_processed(inbound.channel, inbound.provider_message_id):
+                # The same provider message delivered again: advance the sequence, nothing else.
+                await self._store.commit(Turn(session=session))
+                metrics.DUPLICATES.inc()
+                bound.info("duplicate provider message dropped")
+                return Result(Outcome.DUPLICATE)
+
+            now = utcnow()
+            self._apply_channel_identity(session, inbound, now)
+            try:
+                decision = await self._decide.decide(inbound, session, now=now)
+            except Exception as err:  # the error boundary: never text, never a crash
+                metrics.PIPELINE_ERRORS.labels(stage="decision").inc()
+                bound.error("decision step failed; handing off", error_type=type(err).__name__)
+                decision = error_decision(self._config, inbound, session)
+            turn = self._build_turn(inbound, session, decision, now)
+            await self._store.commit(turn, lease_seconds=self._workers.lock_ttl_seconds)
+
+        self._record(inbound, decision, turn, bound)
+        return Result(Outcome.PROCESSED, tuple(turn.outbox))
+
+    @staticmethod
+    def _apply_channel_identity(session: Session, inbound: Inbound, now: datetime) -> None:
+        """A channel that authenticated the patient itself (signed-in portal) verifies them."""
+        if inbound.verified_patient and session.identity is not IdentityStatus.VERIFIED:
+            session.identity = IdentityStatus.VERIFIED
+            session.identity_verified_at = now
+            session.patient_id = inbound.verified_patient
+
+    def _build_turn(self, inbound: Inbound, session: Session, decision: Decision,
+                    now: datetime) -> Turn:
+        turn = Turn(session=session,
+                    processed=(inbound.channel, inbound.provider_message_id))
+        turn.transcript.append(TranscriptEntry(Direction.IN, "patient", inbound.text,
+                                               _message_id(), inbound.received_at))
+        if decision.language:
+            session.language = decision.language
+        session.slots.update(decision.slots)
+        if decision.handoff:
+            request = decision.handoff
+            ticket = HandoffTicket(conversation_id=session.conversation_id,
+                                   channel=inbound.channel, lane=request.lane,
+                                   reason=request.reason, note=request.note,
+                                   priority=request.priority)
+            turn.tickets.append(ticket)
+            session.open_ticket_id = ticket.id
+            turn.transcript.append(TranscriptEntry(
+                Direction.EVENT, "system", f"handoff:{request.lane}:{request.reason}",
+                _message_id(), now))
+        if decision.state:
+            session.state = decision.state
+        for text in decision.replies:
+            message = Outbound(conversation_id=session.conversation_id, channel=inbound.channel,
+                               recipient=inbound.sender, text=text, created_at=now,
+                               in_reply_to=inbound.provider_message_id)
+            turn.outbox.append(message)
+            turn.transcript.append(TranscriptEntry(Direction.OUT, "bot", text, message.id, now))
+        if decision.replies:
+            session.last_ack_at = now
+        session.updated_at = now
+        return turn
+
+    @staticmethod
+    def _record(inbound: Inbound, decision: Decision, turn: Turn,
+                bound: structlog.stdlib.BoundLogger) -> None:
+        metrics.DECISIONS.labels(decision=decision.code).inc()
+        for ticket in turn.tickets:
+            metrics.HANDOFFS.labels(lane=ticket.lane, priority=ticket.priority.value).inc()
+        metrics.PIPELINE_LATENCY.observe((utcnow() - inbound.received_at).total_seconds())
+        bound.info("turn committed", decision=decision.code, replies=len(turn.outbox),
+                   tickets=[t.id for t in turn.tickets],
+                   lanes=[t.lane for t in turn.tickets],
+                   state=turn.session.state.value)

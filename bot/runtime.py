@@ -1,0 +1,118 @@
+"""Wiring: config + environment -> store, ingress, pipeline, outbox, channels, workers.
+
+Both `patientbot serve` and `patientbot worker` build a Runtime; tests build one directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis.asyncio as redis
+import structlog
+
+from bot.config import Config
+from bot.decision import DecisionStep, FrontDeskHandoff
+from bot.identity import ConfigPatientDirectory, PatientDirectory
+from bot.ingress import Ingress, IngressQueue, MemoryIngressQueue, RedisIngressQueue
+from bot.outbox import OutboxDispatcher
+from bot.pipeline import Pipeline
+from bot.settings import Settings
+from bot.store import Store
+from bot.store.memory import MemoryStore
+from bot.store.redis import RedisStore
+from bot.worker import Worker
+from channels.base import ChannelRegistry
+from channels.portal import PortalAdapter
+
+log = structlog.get_logger("patientbot.runtime")
+
+HOUR = 3600.0
+DecisionFactory = Callable[[Config], DecisionStep]
+
+
+def load_decision_step(spec: str | None) -> DecisionFactory:
+    """`module:attribute` naming a factory taking the Config (default: FrontDeskHandoff)."""
+    if not spec:
+        return FrontDeskHandoff
+    module_name, _, attribute = spec.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+@dataclass
+class Runtime:
+    config: Config
+    settings: Settings
+    store: Store
+    ingress: Ingress
+    pipeline: Pipeline
+    dispatcher: OutboxDispatcher
+    channels: ChannelRegistry
+    directory: PatientDirectory
+    _redis: redis.Redis | None = None
+    _worker_tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    def build(cls, config: Config, settings: Settings, *,
+              decision_step: DecisionFactory = FrontDeskHandoff) -> Runtime:
+        keys = settings.keys
+        limits = config.app.limits
+        store_options = {"dedupe_ttl": limits.dedupe_ttl_hours * HOUR,
+                         "retention": limits.retention_days * 24 * HOUR}
+        client = None
+        queue: IngressQueue
+        store: Store
+        if settings.redis_url:
+            client = redis.Redis.from_url(settings.redis_url)
+            store = RedisStore(client, keys.sealer, keys.hasher, prefix=settings.redis_prefix,
+                               **store_options)
+            queue = RedisIngressQueue(client, prefix=settings.redis_prefix,
+                                      retention=store_options["retention"])
+        else:
+            log.warning("REDIS_URL is not set: using in-memory storage; NOTHING PERSISTS "
+                        "across restarts and `patientbot worker` cannot join")
+            store = MemoryStore(keys.sealer, keys.hasher, **store_options)
+            queue = MemoryIngressQueue()
+        if keys.generated_dev_keys:
+            log.warning("PATIENTBOT_DATA_KEYS is not set: using DEVELOPMENT keys from "
+                        f"{config.app.data_dir}/ - never use these with real patient data")
+        ingress = Ingress(queue, keys.sealer, keys.hasher)
+        channels = ChannelRegistry()
+        channels.register(PortalAdapter(store))
+        lease = config.app.workers.lock_ttl_seconds
+        return cls(
+            config=config,
+            settings=settings,
+            store=store,
+            ingress=ingress,
+            pipeline=Pipeline(config=config, store=store, ingress=ingress,
+                              decision_step=decision_step(config)),
+            dispatcher=OutboxDispatcher(store, channels, lease_seconds=lease),
+            channels=channels,
+            directory=ConfigPatientDirectory(config.patients),
+            _redis=client,
+        )
+
+    def new_worker(self, name: str | None = None) -> Worker:
+        workers = self.config.app.workers
+        return Worker(ingress=self.ingress, pipeline=self.pipeline, dispatcher=self.dispatcher,
+                      name=name, concurrency=workers.concurrency,
+                      reclaim_idle=workers.reclaim_idle_seconds)
+
+    def start_workers(self, count: int) -> None:
+        for _ in range(count):
+            self._worker_tasks.append(asyncio.create_task(self.new_worker().run(self._stop)))
+
+    @property
+    def workers_running(self) -> int:
+        return sum(1 for task in self._worker_tasks if not task.done())
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._worker_tasks:
+            await asyncio.gather(*self._worker_tasks, return_exceptions=True)
+        if self._redis is not None:
+            await self._redis.aclose()

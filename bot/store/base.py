@@ -1,0 +1,141 @@
+"""The Store protocol: everything the pipeline keeps between messages.
+
+Implementations: `MemoryStore` (embedded default, one process) and `RedisStore` (shared by
+many processes). One contract suite (tests/contract/test_store.py) runs over both. Both keep
+only what `bot.store.codec` produces, so PHI is sealed before it reaches either; key names
+carry conversation ids (keyed hashes) and opaque ids only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from bot.envelopes import ConversationKey, Outbound
+from bot.errors import LockTimeout
+from bot.session import Session, TranscriptEntry
+from handoff.tickets import HandoffTicket
+
+
+@dataclass(slots=True)
+class Turn:
+    """Everything one processed message changes, committed atomically.
+
+    `processed` is the (channel, provider message id) to remember for dedupe; the outbox
+    entries are committed leased to the committing worker (it sends them right away) and are
+    picked up by any worker's outbox sweep if it does not.
+    """
+
+    session: Session
+    processed: tuple[str, str] | None = None
+    transcript: list[TranscriptEntry] = field(default_factory=list)
+    outbox: list[Outbound] = field(default_factory=list)
+    tickets: list[HandoffTicket] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxItem:
+    """A message delivered to a pull-based channel (the portal); `cursor` orders them."""
+
+    cursor: int
+    message_id: str
+    text: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A held lock; `token` proves ownership when releasing."""
+
+    name: str
+    token: str
+
+
+class Store(Protocol):
+    """Async storage contract. Every method is safe to call from many tasks at once."""
+
+    async def get_session(self, key: ConversationKey) -> Session | None:
+        """The session, or None if this conversation was never seen (or has expired)."""
+
+    async def save_session(self, session: Session) -> None:
+        """Write the session outside a turn (e.g. a portal sign-in)."""
+
+    async def is_processed(self, channel: str, provider_message_id: str) -> bool:
+        """True if a turn for this provider message id was committed within the dedupe TTL."""
+
+    def lock(self, conversation_id: str, *, ttl: float = 30.0,
+             timeout: float = 10.0) -> AbstractAsyncContextManager[Lease]:
+        """Exclusive per-conversation lock. Raises `LockTimeout` after `timeout` seconds.
+
+        A holder that dies loses the lock after `ttl` seconds, so a crashed worker cannot
+        block a conversation forever.
+        """
+
+    async def commit(self, turn: Turn, *, lease_seconds: float = 30.0) -> None:
+        """Atomically: save the session, append the transcript, add tickets, queue the
+        outbox entries (leased for `lease_seconds`), and remember `processed`."""
+
+    async def transcript(self, conversation_id: str, start: int = 0) -> list[TranscriptEntry]:
+        """Transcript entries from index `start`, oldest first."""
+
+    async def claim_outbox(self, *, limit: int, lease_seconds: float) -> list[Outbound]:
+        """Outbox entries due for (re)sending, leased to the caller for `lease_seconds`."""
+
+    async def mark_sent(self, outbound_id: str, *, provider_id: str | None = None) -> None:
+        """The entry reached the provider: never send it again."""
+
+    async def retry_outbox(self, outbound_id: str, *, delay: float) -> None:
+        """A send failed: make the entry due again after `delay` seconds."""
+
+    async def outbox_status(self, outbound_id: str) -> str | None:
+        """'pending', 'sent', or None if unknown."""
+
+    async def get_ticket(self, ticket_id: str) -> HandoffTicket | None: ...
+
+    async def tickets_in_lane(self, lane: str) -> list[HandoffTicket]:
+        """Tickets of one lane, oldest first."""
+
+    async def mailbox_append(self, conversation_id: str, message_id: str, text: str,
+                             at: datetime) -> int:
+        """Deliver to a pull-based channel; returns the new item's cursor. Idempotent per
+        `message_id`: appending the same message twice returns the first cursor."""
+
+    async def mailbox_read(self, conversation_id: str, *, after: int,
+                           wait: float = 0.0) -> list[MailboxItem]:
+        """Items with cursor > `after`, waiting up to `wait` seconds for one to arrive."""
+
+    async def kv_get(self, namespace: str, item_id: str) -> dict[str, Any] | None: ...
+
+    async def kv_set(self, namespace: str, item_id: str, value: dict[str, Any], *,
+                     ttl: float) -> None:
+        """A small sealed value with an expiry (portal sessions)."""
+
+    async def kv_delete(self, namespace: str, item_id: str) -> None: ...
+
+    async def count_hit(self, namespace: str, item_id: str, *, window: float) -> int:
+        """Increment a counter that expires `window` seconds after its first hit."""
+
+    async def ping(self) -> bool:
+        """True when the backing service answers."""
+
+    async def close(self) -> None: ...
+
+
+async def acquire_polling(try_acquire: Callable[[], Awaitable[bool]], *,
+                          timeout: float) -> None:
+    """Call `try_acquire()` (async, returns bool) with backoff until it succeeds.
+
+    Shared by both stores so their locks behave the same; raises `LockTimeout`.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while not await try_acquire():
+        if time.monotonic() >= deadline:
+            raise LockTimeout("conversation lock not obtained in time")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)

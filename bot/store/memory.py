@@ -1,0 +1,215 @@
+"""In-memory Store: the embedded default for one process. Nothing survives a restart.
+
+It keeps the same sealed strings RedisStore keeps (via `Codec`) and the same TTL semantics,
+so the contract suite holds for both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from bot.crypto import Hasher, Sealer
+from bot.envelopes import ConversationKey, Outbound
+from bot.session import Session, TranscriptEntry
+from bot.store.base import Lease, MailboxItem, Turn, acquire_polling
+from bot.store.codec import Codec
+from handoff.tickets import HandoffTicket
+
+
+class _Expiring:
+    """A dict whose entries vanish after their TTL (checked on read)."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, tuple[Any, float]] = {}
+
+    def get(self, key: str) -> Any | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        if item[1] <= time.monotonic():
+            del self._items[key]
+            return None
+        return item[0]
+
+    def set(self, key: str, value: Any, ttl: float) -> None:
+        self._items[key] = (value, time.monotonic() + ttl)
+
+    def pop(self, key: str) -> None:
+        self._items.pop(key, None)
+
+    def incr(self, key: str, ttl: float) -> int:
+        """Add one; a new counter expires `ttl` seconds after its first hit (like INCR+EXPIRE)."""
+        if self.get(key) is None:
+            self.set(key, 1, ttl)
+            return 1
+        count, expires = self._items[key]
+        self._items[key] = (count + 1, expires)
+        return count + 1
+
+
+class MemoryStore:
+    def __init__(self, sealer: Sealer, hasher: Hasher, *, dedupe_ttl: float = 72 * 3600,
+                 retention: float = 90 * 86400) -> None:
+        self._codec = Codec(sealer)
+        self._hasher = hasher
+        self._dedupe_ttl = dedupe_ttl
+        self._retention = retention
+        self._sessions = _Expiring()
+        self._processed = _Expiring()
+        self._locks = _Expiring()
+        self._kv = _Expiring()
+        self._counters = _Expiring()
+        self._transcripts: dict[str, list[str]] = defaultdict(list)
+        self._outbox: dict[str, dict[str, Any]] = {}
+        self._tickets: dict[str, str] = {}
+        self._lanes: dict[str, list[str]] = defaultdict(list)
+        self._mailboxes: dict[str, list[str]] = defaultdict(list)
+        self._mailbox_cursors: dict[tuple[str, str], int] = {}
+        self._mailbox_changed = asyncio.Condition()
+
+    def _dedupe_key(self, channel: str, provider_message_id: str) -> str:
+        return self._hasher.digest(f"{channel}\x00{provider_message_id}", purpose="dedupe")
+
+    async def get_session(self, key: ConversationKey) -> Session | None:
+        raw = self._sessions.get(key.id)
+        return None if raw is None else self._codec.parse_session(raw)
+
+    async def save_session(self, session: Session) -> None:
+        self._sessions.set(session.conversation_id, self._codec.session(session), self._retention)
+
+    async def is_processed(self, channel: str, provider_message_id: str) -> bool:
+        return self._processed.get(self._dedupe_key(channel, provider_message_id)) is not None
+
+    @asynccontextmanager
+    async def lock(self, conversation_id: str, *, ttl: float = 30.0,
+                   timeout: float = 10.0) -> AsyncIterator[Lease]:
+        lease = Lease(conversation_id, secrets.token_hex(8))
+
+        async def try_acquire() -> bool:
+            if self._locks.get(conversation_id) is not None:
+                return False
+            self._locks.set(conversation_id, lease.token, ttl)
+            return True
+
+        await acquire_polling(try_acquire, timeout=timeout)
+        try:
+            yield lease
+        finally:
+            if self._locks.get(conversation_id) == lease.token:
+                self._locks.pop(conversation_id)
+
+    async def commit(self, turn: Turn, *, lease_seconds: float = 30.0) -> None:
+        # Serialise everything first: an encoding error must leave nothing half-written.
+        conv = turn.session.conversation_id
+        session_raw = self._codec.session(turn.session)
+        entries = [self._codec.entry(conv, entry) for entry in turn.transcript]
+        outbox = [(m.id, self._codec.outbound(m)) for m in turn.outbox]
+        tickets = [(t, self._codec.ticket(t)) for t in turn.tickets]
+        self._sessions.set(conv, session_raw, self._retention)
+        self._transcripts[conv].extend(entries)
+        due = time.monotonic() + lease_seconds
+        for outbound_id, body in outbox:
+            self._outbox.setdefault(outbound_id, {"body": body, "status": "pending", "due": due})
+        for ticket, body in tickets:
+            if ticket.id not in self._tickets:
+                self._lanes[ticket.lane].append(ticket.id)
+            self._tickets[ticket.id] = body
+        if turn.processed:
+            self._processed.set(self._dedupe_key(*turn.processed), True, self._dedupe_ttl)
+
+    async def transcript(self, conversation_id: str, start: int = 0) -> list[TranscriptEntry]:
+        raw = self._transcripts.get(conversation_id, [])[start:]
+        return [self._codec.parse_entry(conversation_id, item) for item in raw]
+
+    async def claim_outbox(self, *, limit: int, lease_seconds: float) -> list[Outbound]:
+        now = time.monotonic()
+        due = sorted((item["due"], oid) for oid, item in self._outbox.items()
+                     if item["status"] == "pending" and item["due"] <= now)[:limit]
+        claimed = []
+        for _, oid in due:
+            self._outbox[oid]["due"] = now + lease_seconds
+            claimed.append(self._codec.parse_outbound(oid, self._outbox[oid]["body"]))
+        return claimed
+
+    async def mark_sent(self, outbound_id: str, *, provider_id: str | None = None) -> None:
+        item = self._outbox.get(outbound_id)
+        if item is not None:
+            item["status"] = "sent"
+            item["provider_id"] = provider_id
+
+    async def retry_outbox(self, outbound_id: str, *, delay: float) -> None:
+        item = self._outbox.get(outbound_id)
+        if item is not None and item["status"] == "pending":
+            item["due"] = time.monotonic() + delay
+
+    async def outbox_status(self, outbound_id: str) -> str | None:
+        item = self._outbox.get(outbound_id)
+        return None if item is None else item["status"]
+
+    async def get_ticket(self, ticket_id: str) -> HandoffTicket | None:
+        raw = self._tickets.get(ticket_id)
+        return None if raw is None else self._codec.parse_ticket(raw)
+
+    async def tickets_in_lane(self, lane: str) -> list[HandoffTicket]:
+        return [self._codec.parse_ticket(self._tickets[tid]) for tid in self._lanes.get(lane, [])]
+
+    async def mailbox_append(self, conversation_id: str, message_id: str, text: str,
+                             at: datetime) -> int:
+        existing = self._mailbox_cursors.get((conversation_id, message_id))
+        if existing is not None:
+            return existing
+        box = self._mailboxes[conversation_id]
+        cursor = len(box) + 1
+        box.append(self._codec.mailbox_entry(conversation_id, message_id, text, at))
+        self._mailbox_cursors[(conversation_id, message_id)] = cursor
+        async with self._mailbox_changed:
+            self._mailbox_changed.notify_all()
+        return cursor
+
+    def _mailbox_after(self, conversation_id: str, after: int) -> list[MailboxItem]:
+        items = []
+        for cursor, raw in enumerate(self._mailboxes.get(conversation_id, [])[after:],
+                                     start=after + 1):
+            items.append(self._codec.parse_mailbox_entry(conversation_id, cursor, raw))
+        return items
+
+    async def mailbox_read(self, conversation_id: str, *, after: int,
+                           wait: float = 0.0) -> list[MailboxItem]:
+        items = self._mailbox_after(conversation_id, after)
+        if items or wait <= 0:
+            return items
+        async with self._mailbox_changed:
+            try:
+                await asyncio.wait_for(self._mailbox_changed.wait_for(
+                    lambda: len(self._mailboxes.get(conversation_id, [])) > after), wait)
+            except TimeoutError:
+                return []
+        return self._mailbox_after(conversation_id, after)
+
+    async def kv_get(self, namespace: str, item_id: str) -> dict[str, Any] | None:
+        raw = self._kv.get(f"{namespace}:{item_id}")
+        return None if raw is None else self._codec.parse_value(namespace, item_id, raw)
+
+    async def kv_set(self, namespace: str, item_id: str, value: dict[str, Any], *,
+                     ttl: float) -> None:
+        self._kv.set(f"{namespace}:{item_id}", self._codec.value(namespace, item_id, value), ttl)
+
+    async def kv_delete(self, namespace: str, item_id: str) -> None:
+        self._kv.pop(f"{namespace}:{item_id}")
+
+    async def count_hit(self, namespace: str, item_id: str, *, window: float) -> int:
+        return self._counters.incr(f"{namespace}:{item_id}", window)
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+

@@ -1,0 +1,143 @@
+"""Workers: read the ingress queue, run the pipeline, acknowledge, reclaim, sweep the outbox.
+
+Messages are processed concurrently (up to `concurrency`), except that messages of one
+conversation run one after another in arrival order; across processes, the pipeline's
+sequence check keeps that order. An entry is acknowledged only after its turn is committed;
+if processing raises (store down), it stays pending and is reclaimed later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+
+import structlog
+
+from bot import metrics
+from bot.ingress import Ingress, IngressEntry
+from bot.outbox import OutboxDispatcher
+from bot.pipeline import Outcome, Pipeline, PoisonEntry
+
+log = structlog.get_logger("patientbot.worker")
+
+DEFER_POLL_SECONDS = 0.02
+MAINTENANCE_INTERVAL = 1.0
+
+
+def consumer_name(prefix: str = "worker") -> str:
+    return f"{prefix}-{socket.gethostname()}-{os.getpid()}-{id(object()):x}"
+
+
+class Worker:
+    def __init__(self, *, ingress: Ingress, pipeline: Pipeline, dispatcher: OutboxDispatcher,
+                 name: str | None = None, concurrency: int = 32,
+                 reclaim_idle: float = 30.0) -> None:
+        self.name = name or consumer_name()
+        self._ingress = ingress
+        self._queue = ingress.queue
+        self._pipeline = pipeline
+        self._dispatcher = dispatcher
+        # Conversation lock first, then a slot: a backlog of one conversation's messages
+        # waits without holding slots that other conversations could use.
+        self._slots = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
+        self._reclaim_idle = reclaim_idle
+        self._conversation_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight: set[str] = set()
+        self.processed = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("worker started", worker=self.name)
+        maintenance = asyncio.create_task(self._maintenance(stop))
+        try:
+            while not stop.is_set():
+                if len(self._tasks) >= self._concurrency:
+                    await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                free = self._concurrency - len(self._tasks)
+                try:
+                    entries = await self._queue.read(self.name, count=free, block=0.5)
+                except Exception as err:
+                    log.error("ingress read failed", worker=self.name,
+                              error_type=type(err).__name__)
+                    await asyncio.sleep(1.0)
+                    continue
+                self._start(entries)
+        finally:
+            maintenance.cancel()
+            if self._tasks:
+                await asyncio.wait(self._tasks, timeout=10)
+            log.info("worker stopped", worker=self.name)
+
+    def _start(self, entries: list[IngressEntry]) -> None:
+        for entry in entries:
+            if entry.entry_id in self._in_flight:
+                continue  # reclaimed from ourselves while still being worked on
+            self._in_flight.add(entry.entry_id)
+            task = asyncio.create_task(self._process(entry))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _process(self, entry: IngressEntry) -> None:
+        lock = self._conversation_lock(entry.conversation_id)
+        try:
+            async with lock, self._slots:
+                started = time.monotonic()
+                while True:
+                    result = await self._pipeline.handle(
+                        entry, waited=time.monotonic() - started)
+                    if result.outcome is not Outcome.DEFERRED:
+                        break
+                    await asyncio.sleep(DEFER_POLL_SECONDS)
+                await self._queue.ack(entry.entry_id)
+                self.processed += 1
+            await self._dispatcher.deliver(result.outbox)
+        except PoisonEntry:
+            # Cannot be opened (e.g. its key was removed from PATIENTBOT_DATA_KEYS): set aside
+            # for an operator instead of being retried forever.
+            await self._queue.dead_letter(entry.entry_id)
+            metrics.PIPELINE_ERRORS.labels(stage="poison").inc()
+            log.error("entry cannot be opened; moved to dead letters", worker=self.name,
+                      entry=entry.entry_id)
+        except Exception as err:
+            # Left pending on purpose: another worker (or this one) reclaims it.
+            metrics.PIPELINE_ERRORS.labels(stage="worker").inc()
+            log.error("entry not processed; left pending", worker=self.name,
+                      entry=entry.entry_id, error_type=type(err).__name__)
+        finally:
+            self._in_flight.discard(entry.entry_id)
+            self._release_conversation_lock(entry.conversation_id)
+
+    def _conversation_lock(self, conversation_id: str) -> asyncio.Lock:
+        lock, users = self._conversation_locks.get(conversation_id, (asyncio.Lock(), 0))
+        self._conversation_locks[conversation_id] = (lock, users + 1)
+        return lock
+
+    def _release_conversation_lock(self, conversation_id: str) -> None:
+        lock, users = self._conversation_locks[conversation_id]
+        if users <= 1:
+            del self._conversation_locks[conversation_id]
+        else:
+            self._conversation_locks[conversation_id] = (lock, users - 1)
+
+    async def _maintenance(self, stop: asyncio.Event) -> None:
+        """Reclaim dead workers' entries and resend replies whose lease ran out."""
+        while not stop.is_set():
+            try:
+                reclaimed = await self._queue.reclaim(self.name, min_idle=self._reclaim_idle,
+                                                      count=self._concurrency)
+                if reclaimed:
+                    log.warning("reclaimed pending entries", worker=self.name,
+                                count=len(reclaimed))
+                    self._start(reclaimed)
+                await self._dispatcher.sweep()
+                metrics.INGRESS_PENDING.set(await self._queue.pending())
+            except Exception as err:
+                log.error("maintenance failed", worker=self.name, error_type=type(err).__name__)
+            try:
+                await asyncio.wait_for(stop.wait(), MAINTENANCE_INTERVAL)
+            except TimeoutError:
+                pass

@@ -1,0 +1,1 @@
+"""Patient channels: translate provider payloads to and from envelopes, verify, send."""

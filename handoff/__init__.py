@@ -1,0 +1,1 @@
+"""Human queues: handoff tickets, structured notes, agent desks and escalation."""
