@@ -34,7 +34,8 @@ def configure_logging(*, production: bool, level: int = logging.INFO) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # Resolved at each use, so a replaced sys.stderr (tests, daemons) is honoured.
+        logger_factory=lambda *args: structlog.PrintLogger(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
     # uvicorn's access log would print request paths and client addresses; ours is enough.

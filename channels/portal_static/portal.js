@@ -7,6 +7,9 @@
   const MAX_LEN = 2000;
   const TOKEN_KEY = 'patientbot.portal.token';
   const NAME_KEY = 'patientbot.portal.display_name';
+  // The sign-in welcome opens a conversation that was empty at sign-in, and stays at the top
+  // of it whenever the history is re-rendered (e.g. after a reload).
+  const WELCOME_KEY = 'patientbot.portal.welcome';
   const ENDED = 'Your session has ended. Please sign in again.';
   const TOO_LONG = 'Your message is too long. The limit is ' + MAX_LEN + ' characters.';
 
@@ -26,6 +29,8 @@
   // The last message that failed on the network. Sending the same text again reuses its
   // client_message_id (the server dedupes), so a request that did land is not doubled.
   let retry = null;
+  // The welcome from the latest sign-in, until the first history load decides whether it is shown.
+  let pendingWelcome = null;
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   const setText = (node, text) => { node.textContent = text || ''; };
@@ -56,6 +61,15 @@
     return node;
   }
 
+  // The welcome looks like a support line but is local: no direction, status or cursor, and
+  // not a .msg-out, so it is never counted or re-delivered as a reply.
+  function makeWelcome(text) {
+    const node = document.createElement('div');
+    node.className = 'msg msg-welcome';
+    node.appendChild(document.createTextNode(text));
+    return node;
+  }
+
   function appendMsg(direction, text, status, at) {
     const node = el.log.appendChild(makeMsg(direction, text, status, at));
     el.log.scrollTop = el.log.scrollHeight;
@@ -71,9 +85,10 @@
   function showSignin(error, notice) {
     generation += 1;
     if (streamAbort) streamAbort.abort();
-    streamAbort = token = retry = null;
+    streamAbort = token = retry = pendingWelcome = null;
     sessionStorage.removeItem(TOKEN_KEY);
     sessionStorage.removeItem(NAME_KEY);
+    sessionStorage.removeItem(WELCOME_KEY);
     // Nothing from the conversation stays on screen (shared devices).
     el.log.replaceChildren();
     el.message.value = '';
@@ -103,8 +118,15 @@
     if (res.status === 401) return 'unauthorized';
     if (!res.ok) throw new Error('history ' + res.status);
     const data = await res.json();
+    const messages = Array.isArray(data.messages) ? data.messages : [];
+    if (pendingWelcome !== null) {
+      if (!messages.length) sessionStorage.setItem(WELCOME_KEY, pendingWelcome);
+      pendingWelcome = null;
+    }
+    const welcome = sessionStorage.getItem(WELCOME_KEY);
     const frag = document.createDocumentFragment();
-    for (const m of data.messages || []) frag.appendChild(makeMsg(m.direction, m.text, 'sent', m.at));
+    if (welcome) frag.appendChild(makeWelcome(welcome));
+    for (const m of messages) frag.appendChild(makeMsg(m.direction, m.text, 'sent', m.at));
     // aria-busy keeps screen readers from reading out the whole history as "new";
     // insert before anything the patient typed while it was loading.
     el.log.setAttribute('aria-busy', 'true');
@@ -247,6 +269,8 @@
         token = data.token;
         sessionStorage.setItem(TOKEN_KEY, token);
         sessionStorage.setItem(NAME_KEY, data.display_name || '');
+        sessionStorage.removeItem(WELCOME_KEY);
+        pendingWelcome = typeof data.welcome === 'string' && data.welcome.trim() ? data.welcome : null;
         el.signinForm.reset(); // don't leave identity details in the hidden form
         showChat();
       } else {

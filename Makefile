@@ -1,0 +1,31 @@
+# Two commands: `make run` (serve on http://127.0.0.1:8000) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test install bench config-check clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/patientbot serve --host 127.0.0.1 --port 8000
+
+test: $(STAMP)
+	scripts/ensure-chromium.sh
+	scripts/with-redis.sh $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	scripts/with-redis.sh $(BIN)/python benchmarks/pipeline_bench.py
+
+config-check: $(STAMP)
+	$(BIN)/patientbot config check
+
+clean:
+	rm -rf $(VENV) .pytest_cache

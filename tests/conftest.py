@@ -1,0 +1,138 @@
+"""Shared fixtures: fresh keys, the repository config, and stores over real Redis.
+
+Redis is always real: `make test` sets REDIS_URL (starting a private server when needed).
+Each test gets its own key prefix and its keys are removed afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as redis
+
+from bot.config import Config, load_config
+from bot.crypto import KeyMaterial, load_key_material, new_key
+from bot.ingress import MemoryIngressQueue, RedisIngressQueue
+from bot.store.memory import MemoryStore
+from bot.runtime import Runtime
+from bot.settings import Settings
+from bot.store.redis import RedisStore
+from bot.worker import Worker
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO / "config"
+
+
+def redis_url() -> str:
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        raise RuntimeError("REDIS_URL is not set: run the suite with `make test`, which starts "
+                           "a private redis-server, or point REDIS_URL at a test Redis")
+    return url
+
+
+def key_env() -> dict[str, str]:
+    """Fresh secrets in the environment format (for subprocesses)."""
+    return {"PATIENTBOT_DATA_KEYS": f"t1:{new_key()}", "PATIENTBOT_LOOKUP_KEY": new_key(),
+            "PATIENTBOT_SESSION_SECRET": new_key()}
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> KeyMaterial:
+    return load_key_material(key_env(), tmp_path / "unused")
+
+
+@pytest.fixture
+def config() -> Config:
+    return load_config(CONFIG_DIR)
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    """A private copy of the repository config that a test may edit."""
+    target = tmp_path / "config"
+    shutil.copytree(CONFIG_DIR, target)
+    return target
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"pbtest-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def redis_client(prefix: str) -> AsyncIterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url())
+    yield client
+    async for key in client.scan_iter(match=f"{prefix}:*", count=500):
+        await client.unlink(key)
+    await client.aclose()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_store(backend: str, keys: KeyMaterial, prefix: str,
+               redis_client: redis.Redis) -> Iterator:
+    """Factory for a store of the parametrised backend (options like dedupe_ttl pass on)."""
+
+    def make(**options: float) -> MemoryStore | RedisStore:
+        if backend == "memory":
+            return MemoryStore(keys.sealer, keys.hasher, **options)
+        return RedisStore(redis_client, keys.sealer, keys.hasher, prefix=prefix, **options)
+
+    yield make
+
+
+@pytest.fixture
+def store(make_store) -> MemoryStore | RedisStore:
+    return make_store()
+
+
+@pytest.fixture
+def ingress_queue(backend: str, prefix: str,
+                  redis_client: redis.Redis) -> MemoryIngressQueue | RedisIngressQueue:
+    if backend == "memory":
+        return MemoryIngressQueue()
+    return RedisIngressQueue(redis_client, prefix=prefix)
+
+
+@pytest.fixture
+def settings(backend: str, keys: KeyMaterial, prefix: str, redis_client: redis.Redis) -> Settings:
+    return Settings(redis_url=redis_url() if backend == "redis" else None, redis_prefix=prefix,
+                    keys=keys)
+
+
+@pytest.fixture
+async def runtime(config: Config, settings: Settings) -> AsyncIterator[Runtime]:
+    rt = Runtime.build(config, settings)
+    yield rt
+    await rt.close()
+
+
+async def run_workers_until(runtime: Runtime, done, *, workers: int = 1,
+                            timeout: float = 15.0, reclaim_idle: float = 30.0) -> None:
+    """Run real workers until the async predicate `done()` holds (or fail after timeout)."""
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(Worker(ingress=runtime.ingress, pipeline=runtime.pipeline,
+                                        dispatcher=runtime.dispatcher, name=f"test-{i}",
+                                        reclaim_idle=reclaim_idle).run(stop))
+             for i in range(workers)]
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not await done():
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError("workers did not reach the expected state in time")
+            await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)

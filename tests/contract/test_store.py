@@ -1,0 +1,190 @@
+"""The Store contract, run over MemoryStore and RedisStore (real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from bot.envelopes import ConversationKey, Outbound, utcnow
+from bot.errors import LockTimeout
+from bot.session import Direction, IdentityStatus, Session, SessionState, TranscriptEntry
+from bot.store import Turn
+from handoff.tickets import HandoffNote, HandoffTicket, Priority
+
+
+def make_session(n: int = 1) -> Session:
+    return Session(key=ConversationKey("sms", f"hash{n:04d}"), sender=f"+1617555{n:04d}")
+
+
+def note(summary: str = "wants to move a visit") -> HandoffNote:
+    return HandoffNote(contact_reason="unclassified", checks_done="none", action_taken="handed",
+                       queue="front_desk", callback_window="", unresolved="", summary=summary)
+
+
+def reply(session: Session, text: str = "hello") -> Outbound:
+    return Outbound(conversation_id=session.conversation_id, channel="sms",
+                    recipient=session.sender, text=text)
+
+
+async def test_session_round_trip(store) -> None:
+    assert await store.get_session(make_session().key) is None
+    session = make_session()
+    session.state = SessionState.AWAITING_IDENTITY
+    session.identity = IdentityStatus.VERIFIED
+    session.identity_verified_at = utcnow()
+    session.patient_id = "P1001"
+    session.slots = {"visit_type": "physical"}
+    session.last_seq = 7
+    await store.save_session(session)
+    loaded = await store.get_session(session.key)
+    assert loaded == session
+
+
+async def test_dedupe_remembers_processed_ids_until_ttl(make_store) -> None:
+    store = make_store(dedupe_ttl=0.3)
+    session = make_session()
+    assert not await store.is_processed("sms", "SM1")
+    await store.commit(Turn(session=session, processed=("sms", "SM1")))
+    assert await store.is_processed("sms", "SM1")
+    assert not await store.is_processed("sms", "SM2")
+    assert not await store.is_processed("email", "SM1")  # ids are per channel
+    await asyncio.sleep(0.45)
+    assert not await store.is_processed("sms", "SM1")
+
+
+async def test_lock_is_exclusive_and_released(store) -> None:
+    async with store.lock("sms:abc", ttl=5, timeout=1):
+        with pytest.raises(LockTimeout):
+            async with store.lock("sms:abc", ttl=5, timeout=0.1):
+                pass
+        async with store.lock("sms:other", ttl=5, timeout=0.1):
+            pass  # other conversations are not blocked
+    async with store.lock("sms:abc", ttl=5, timeout=0.1):
+        pass
+
+
+async def test_lock_of_a_dead_holder_expires(store) -> None:
+    holder = store.lock("sms:abc", ttl=0.2, timeout=1)
+    await holder.__aenter__()  # never released, like a crashed worker
+    async with store.lock("sms:abc", ttl=5, timeout=2):
+        pass
+
+
+async def test_lock_serialises_concurrent_critical_sections(store) -> None:
+    inside = 0
+    peak = 0
+
+    async def critical() -> None:
+        nonlocal inside, peak
+        async with store.lock("sms:abc", ttl=5, timeout=5):
+            inside += 1
+            peak = max(peak, inside)
+            await asyncio.sleep(0.01)
+            inside -= 1
+
+    await asyncio.gather(*(critical() for _ in range(10)))
+    assert peak == 1
+
+
+async def test_commit_writes_everything(store) -> None:
+    session = make_session()
+    session.state = SessionState.HANDED_OFF
+    entries = [TranscriptEntry(Direction.IN, "patient", "first", "m1"),
+               TranscriptEntry(Direction.OUT, "bot", "second", "m2")]
+    ticket = HandoffTicket(conversation_id=session.conversation_id, channel="sms",
+                           lane="front_desk", reason="r", note=note(), priority=Priority.URGENT)
+    message = reply(session)
+    await store.commit(Turn(session=session, processed=("sms", "SM9"), transcript=entries,
+                            outbox=[message], tickets=[ticket]))
+    assert (await store.get_session(session.key)).state is SessionState.HANDED_OFF
+    assert await store.transcript(session.conversation_id) == entries
+    assert await store.is_processed("sms", "SM9")
+    assert await store.outbox_status(message.id) == "pending"
+    assert await store.get_ticket(ticket.id) == ticket
+    assert await store.tickets_in_lane("front_desk") == [ticket]
+    assert await store.tickets_in_lane("billing") == []
+
+
+async def test_transcript_appends_in_order_and_reads_from_an_index(store) -> None:
+    session = make_session()
+    for i in range(5):
+        entry = TranscriptEntry(Direction.IN, "patient", f"message {i}", f"m{i}")
+        await store.commit(Turn(session=session, transcript=[entry]))
+    texts = [e.text for e in await store.transcript(session.conversation_id)]
+    assert texts == [f"message {i}" for i in range(5)]
+    assert [e.text for e in await store.transcript(session.conversation_id, start=3)] == \
+        ["message 3", "message 4"]
+    assert await store.transcript("sms:nobody") == []
+
+
+async def test_outbox_lease_claim_send_and_retry(store) -> None:
+    session = make_session()
+    first, second = reply(session, "one"), reply(session, "two")
+    await store.commit(Turn(session=session, outbox=[first, second]), lease_seconds=0.2)
+    # Leased to the committing worker: nobody else may claim them yet.
+    assert await store.claim_outbox(limit=10, lease_seconds=5) == []
+    await asyncio.sleep(0.3)
+    claimed = await store.claim_outbox(limit=10, lease_seconds=5)
+    assert sorted(m.text for m in claimed) == ["one", "two"]
+    assert claimed[0] in (first, second)
+    assert await store.claim_outbox(limit=10, lease_seconds=5) == []  # leased again
+    await store.mark_sent(first.id, provider_id="SMabc")
+    await store.retry_outbox(second.id, delay=0)
+    again = await store.claim_outbox(limit=10, lease_seconds=5)
+    assert [m.id for m in again] == [second.id]
+    assert await store.outbox_status(first.id) == "sent"
+    assert await store.outbox_status(second.id) == "pending"
+    assert await store.outbox_status("unknown") is None
+
+
+async def test_outbox_entry_is_not_duplicated_by_a_second_commit(store) -> None:
+    session = make_session()
+    message = reply(session)
+    await store.commit(Turn(session=session, outbox=[message]), lease_seconds=0)
+    await store.mark_sent(message.id)
+    await store.commit(Turn(session=session, outbox=[message]), lease_seconds=0)
+    assert await store.outbox_status(message.id) == "sent"
+
+
+async def test_mailbox_is_ordered_idempotent_and_wakes_readers(store) -> None:
+    conv = "portal:abc"
+    now = utcnow()
+    assert await store.mailbox_append(conv, "o1", "first", now) == 1
+    assert await store.mailbox_append(conv, "o1", "first", now) == 1
+    assert await store.mailbox_append(conv, "o2", "second", now + timedelta(seconds=1)) == 2
+    items = await store.mailbox_read(conv, after=0)
+    assert [(i.cursor, i.message_id, i.text) for i in items] == [(1, "o1", "first"),
+                                                                 (2, "o2", "second")]
+    assert [i.text for i in await store.mailbox_read(conv, after=1)] == ["second"]
+
+    async def later() -> None:
+        await asyncio.sleep(0.1)
+        await store.mailbox_append(conv, "o3", "third", utcnow())
+
+    task = asyncio.create_task(later())
+    waited = await store.mailbox_read(conv, after=2, wait=3)
+    await task
+    assert [i.text for i in waited] == ["third"]
+    assert await store.mailbox_read(conv, after=3, wait=0.05) == []
+
+
+async def test_kv_values_expire(store) -> None:
+    await store.kv_set("portal", "sid1", {"patient_id": "P1"}, ttl=0.2)
+    assert await store.kv_get("portal", "sid1") == {"patient_id": "P1"}
+    await asyncio.sleep(0.3)
+    assert await store.kv_get("portal", "sid1") is None
+    await store.kv_set("portal", "sid2", {"a": 1}, ttl=10)
+    await store.kv_delete("portal", "sid2")
+    assert await store.kv_get("portal", "sid2") is None
+
+
+async def test_counters_count_within_their_window(store) -> None:
+    assert [await store.count_hit("signin", "x", window=0.2) for _ in range(3)] == [1, 2, 3]
+    await asyncio.sleep(0.3)
+    assert await store.count_hit("signin", "x", window=0.2) == 1
+
+
+async def test_ping(store) -> None:
+    assert await store.ping() is True

@@ -1,0 +1,188 @@
+"""Fixtures for the browser (end-to-end) tests.
+
+`portal_server` runs the real app (`patientbot serve`) as a subprocess against the Redis in
+REDIS_URL, under a Redis key prefix unique to this test session (removed afterwards), with
+fresh random keys and a temporary working directory. `page` is a fresh Playwright page in
+Debian's Chromium (never a downloaded browser) with its own storage.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG_DIR = REPO / "config"
+# The console script of the interpreter running the tests (the project's .venv under `make test`).
+PATIENTBOT = next((p for p in (Path(sys.executable).parent / "patientbot",
+                               REPO / ".venv" / "bin" / "patientbot") if p.exists()),
+                  REPO / ".venv" / "bin" / "patientbot")
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-quic"]
+READY_TIMEOUT = 20.0
+EXPECT_TIMEOUT_MS = 10_000
+
+
+@dataclass(frozen=True)
+class PortalServer:
+    base_url: str
+    redis_url: str
+    redis_prefix: str
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+
+def _secret() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode("ascii")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tail(path: Path, limit: int = 8000) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no output captured)"
+    return text[-limit:] or "(empty)"
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _delete_prefix(redis_url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"{prefix}:*", count=500):
+            batch.append(key)
+            if len(batch) >= 500:
+                client.unlink(*batch)
+                batch.clear()
+        if batch:
+            client.unlink(*batch)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def e2e_redis_url() -> str:
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        pytest.fail("The browser tests need a Redis server: REDIS_URL is not set. "
+                    "Run them with `make test` (it starts a Redis and sets REDIS_URL), or set "
+                    "REDIS_URL=redis://127.0.0.1:6379/0 yourself.", pytrace=False)
+    return url
+
+
+@pytest.fixture(scope="session")
+def portal_server(e2e_redis_url: str, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[PortalServer]:
+    """The real app on a free port; its Redis keys are deleted when the session ends."""
+    workdir = tmp_path_factory.mktemp("portal-server")  # cwd: .data/ etc. never land in the repo
+    prefix = f"pbtest-e2e-{secrets.token_hex(6)}"
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PATIENTBOT_")}
+    env.update({
+        "REDIS_URL": e2e_redis_url,
+        "PATIENTBOT_REDIS_PREFIX": prefix,
+        "PATIENTBOT_DATA_KEYS": f"t1:{_secret()}",
+        "PATIENTBOT_LOOKUP_KEY": _secret(),
+        "PATIENTBOT_SESSION_SECRET": _secret(),
+        "PYTHONUNBUFFERED": "1",
+    })
+    stdout_path, stderr_path = workdir / "server.stdout", workdir / "server.stderr"
+    command = [str(PATIENTBOT), "serve", "--host", "127.0.0.1", "--port", str(port),
+               "--config", str(CONFIG_DIR)]
+    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+        proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=out, stderr=err,
+                                stdin=subprocess.DEVNULL)
+    server = PortalServer(base_url=f"http://127.0.0.1:{port}", redis_url=e2e_redis_url,
+                          redis_prefix=prefix)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not _ready(server.url("/readyz")):
+            if proc.poll() is not None:
+                pytest.fail(f"`patientbot serve` exited with code {proc.returncode} before it "
+                            f"was ready.\nstderr:\n{_tail(stderr_path)}", pytrace=False)
+            if time.monotonic() > deadline:
+                pytest.fail(f"`patientbot serve` was not ready ({server.url('/readyz')}) within "
+                            f"{READY_TIMEOUT:.0f} s.\nstderr:\n{_tail(stderr_path)}",
+                            pytrace=False)
+            time.sleep(0.1)
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        _delete_prefix(e2e_redis_url, prefix)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    # Imported here so that collecting the rest of the suite does not need Playwright.
+    from playwright.sync_api import expect, sync_playwright
+
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (`make test` does).",
+                    pytrace=False)
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser, portal_server: PortalServer) -> Iterator[object]:  # noqa: ANN001
+    """A fresh page (own cookies and sessionStorage). Dialogs are recorded in `page.dialogs`
+    and dismissed; tests assert that list stays empty."""
+    context = browser.new_context(base_url=portal_server.base_url, locale="en-US",
+                                  timezone_id="America/New_York",
+                                  viewport={"width": 1024, "height": 800})
+    context.set_default_timeout(EXPECT_TIMEOUT_MS)
+    page = context.new_page()
+    dialogs: list[str] = []
+
+    def on_dialog(dialog) -> None:  # noqa: ANN001
+        dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    page.dialogs = dialogs  # type: ignore[attr-defined]
+    try:
+        yield page
+    finally:
+        context.close()

@@ -1,0 +1,188 @@
+"""The pipeline end to end through real workers, over both stores (Redis is real)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+
+from bot.decision import FOLLOWUP_ACK_INTERVAL
+from bot.envelopes import Inbound
+from bot.logs import configure_logging
+from bot.runtime import Runtime
+from bot.session import Direction, IdentityStatus, SessionState
+from tests.conftest import run_workers_until
+
+
+def portal_message(text: str, *, client_id: str, patient: str = "P1001") -> Inbound:
+    return Inbound(channel="portal", sender=patient, provider_message_id=f"sid:{client_id}",
+                   text=text, verified_patient=patient)
+
+
+async def mailbox(runtime: Runtime, patient: str = "P1001") -> list[str]:
+    conv = runtime.ingress.conversation_key("portal", patient).id
+    return [item.text for item in await runtime.store.mailbox_read(conv, after=0)]
+
+
+def replies(count: int, runtime: Runtime, patient: str = "P1001"):
+    async def done() -> bool:
+        return len(await mailbox(runtime, patient)) >= count and \
+            await runtime.ingress.queue.pending() == 0
+    return done
+
+
+async def test_a_new_request_goes_to_front_desk_with_a_note_and_a_reply(runtime, config) -> None:
+    await runtime.ingress.submit(portal_message("I need to move my physical", client_id="c1"))
+    await run_workers_until(runtime, replies(1, runtime))
+
+    assert await mailbox(runtime) == [config.text("handoff_ack")]
+    [ticket] = await runtime.store.tickets_in_lane("front_desk")
+    assert ticket.reason == "triage_not_enabled"
+    assert ticket.note.summary == "I need to move my physical"
+    assert ticket.note.checks_done.startswith("identity verified")
+    key = runtime.ingress.conversation_key("portal", "P1001")
+    session = await runtime.store.get_session(key)
+    assert session.state is SessionState.HANDED_OFF
+    assert session.open_ticket_id == ticket.id
+    assert session.identity is IdentityStatus.VERIFIED and session.patient_id == "P1001"
+    transcript = await runtime.store.transcript(key.id)
+    assert [(e.direction, e.actor) for e in transcript] == [
+        (Direction.IN, "patient"), (Direction.EVENT, "system"), (Direction.OUT, "bot")]
+    assert transcript[1].text == f"handoff:front_desk:{ticket.reason}"
+
+
+async def test_follow_ups_join_the_open_ticket_and_are_acknowledged_sparingly(
+        runtime, config) -> None:
+    key = runtime.ingress.conversation_key("portal", "P1001")
+
+    def processed(seq: int):
+        async def done() -> bool:
+            session = await runtime.store.get_session(key)
+            return session is not None and session.last_seq == seq and \
+                await runtime.ingress.queue.pending() == 0
+        return done
+
+    for i in range(3):
+        await runtime.ingress.submit(portal_message(f"message {i}", client_id=f"c{i}"))
+    await run_workers_until(runtime, processed(3))
+    # A burst right after the handoff is not answered by a burst of acknowledgements.
+    assert await mailbox(runtime) == [config.text("handoff_ack")]
+
+    session = await runtime.store.get_session(key)
+    session.last_ack_at -= FOLLOWUP_ACK_INTERVAL + timedelta(seconds=1)
+    await runtime.store.save_session(session)
+    await runtime.ingress.submit(portal_message("are you there?", client_id="c3"))
+    await run_workers_until(runtime, processed(4))
+    assert await mailbox(runtime) == [config.text("handoff_ack"),
+                                      config.text("handoff_followup")]
+    assert len(await runtime.store.tickets_in_lane("front_desk")) == 1
+    transcript = await runtime.store.transcript(key.id)
+    assert [e.text for e in transcript if e.direction is Direction.IN] == \
+        ["message 0", "message 1", "message 2", "are you there?"]
+
+
+async def test_the_same_provider_message_five_times_has_one_outcome(runtime) -> None:
+    for _ in range(5):
+        await runtime.ingress.submit(portal_message("hello", client_id="same-id"))
+    conv = runtime.ingress.conversation_key("portal", "P1001").id
+
+    async def done() -> bool:
+        session = await runtime.store.get_session(
+            runtime.ingress.conversation_key("portal", "P1001"))
+        return session is not None and session.last_seq == 5 and \
+            await runtime.ingress.queue.pending() == 0
+
+    await run_workers_until(runtime, done, workers=2)
+    assert len(await mailbox(runtime)) == 1
+    assert len(await runtime.store.tickets_in_lane("front_desk")) == 1
+    assert [e.direction for e in await runtime.store.transcript(conv)].count(Direction.IN) == 1
+
+
+async def test_order_is_kept_across_two_workers(runtime) -> None:
+    texts = [f"part {i}" for i in range(25)]
+    for i, text in enumerate(texts):
+        await runtime.ingress.submit(portal_message(text, client_id=f"order-{i}"))
+    conv = runtime.ingress.conversation_key("portal", "P1001").id
+
+    async def done() -> bool:
+        entries = await runtime.store.transcript(conv)
+        return sum(e.direction is Direction.IN for e in entries) == len(texts)
+
+    await run_workers_until(runtime, done, workers=2)
+    received = [e.text for e in await runtime.store.transcript(conv)
+                if e.direction is Direction.IN]
+    assert received == texts
+
+
+class ExplodingStep:
+    """A decision step that fails with patient data in the exception text."""
+
+    def __init__(self, config) -> None:
+        pass
+
+    async def decide(self, inbound, session, *, now):
+        raise ValueError(f"cannot handle {inbound.text!r} from {inbound.sender}")
+
+
+async def test_error_boundary_hands_off_politely_and_leaks_nothing(config, settings,
+                                                                   capsys) -> None:
+    configure_logging(production=True)
+    runtime = Runtime.build(config, settings, decision_step=ExplodingStep)
+    try:
+        await runtime.ingress.submit(portal_message("CANARY-7731 my secret", client_id="boom1",
+                                                    patient="P1002"))
+        await run_workers_until(runtime, replies(1, runtime, "P1002"))
+    finally:
+        await runtime.close()
+    [reply] = await mailbox(runtime, "P1002")
+    assert reply == config.text("error_fallback")
+    [ticket] = await runtime.store.tickets_in_lane("front_desk")
+    assert ticket.reason == "processing_error"
+    logs = capsys.readouterr().err
+    events = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+    assert any(e.get("error_type") == "ValueError" for e in events)
+    assert "CANARY-7731" not in logs and "P1002" not in logs and "cannot handle" not in logs
+
+
+async def test_a_redelivered_entry_is_not_processed_twice(runtime) -> None:
+    entry = await runtime.ingress.submit(portal_message("hello", client_id="redeliver"))
+    first = await runtime.pipeline.handle(entry)
+    second = await runtime.pipeline.handle(entry)
+    assert (first.outcome, len(first.outbox)) == ("processed", 1)
+    assert (second.outcome, second.outbox) == ("duplicate", ())
+
+
+async def test_a_store_failure_leaves_the_entry_pending_until_it_succeeds(runtime,
+                                                                          monkeypatch) -> None:
+    real_commit = runtime.store.commit
+    failures = 0
+
+    async def failing_commit(turn, **options):
+        nonlocal failures
+        failures += 1
+        raise ConnectionError("store unavailable")
+
+    monkeypatch.setattr(runtime.store, "commit", failing_commit)
+    await runtime.ingress.submit(portal_message("hello", client_id="retry-1"))
+
+    async def failed_once() -> bool:
+        return failures >= 1
+
+    await run_workers_until(runtime, failed_once)
+    assert await runtime.ingress.queue.pending() == 1  # not acknowledged, not lost
+    assert await mailbox(runtime) == []
+
+    monkeypatch.setattr(runtime.store, "commit", real_commit)
+    await run_workers_until(runtime, replies(1, runtime), reclaim_idle=0.05)
+    assert len(await mailbox(runtime)) == 1
+    assert await runtime.ingress.queue.pending() == 0
+
+
+async def test_an_entry_that_cannot_be_opened_is_set_aside(runtime) -> None:
+    await runtime.ingress.queue.append("portal:abc", "pb1.gone.AAAA")
+
+    async def set_aside() -> bool:
+        return await runtime.ingress.queue.dead_letters() == 1
+
+    await run_workers_until(runtime, set_aside)
+    assert await runtime.ingress.queue.pending() == 0

@@ -1,0 +1,102 @@
+"""Config validation: every broken file gives exit code 2 and one line naming file and key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.config import load_config
+from bot.errors import ConfigError
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"fixture text {old!r} not in {path.name}"
+    path.write_text(text.replace(old, new, 1))
+
+
+def check(config_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bot.cli", "config", "check", "--config",
+                           str(config_dir)], capture_output=True, text=True, timeout=60)
+
+
+def test_shipped_config_is_valid(config_dir: Path) -> None:
+    result = check(config_dir)
+    assert result.returncode == 0, result.stderr
+    assert "config OK" in result.stdout and "10 queues" in result.stdout
+
+
+BROKEN = [
+    pytest.param("app.yml", "timezone: America/New_York", "timezone: America/New_Yrok",
+                 "app.yml: timezone: ", "unknown time zone", id="invalid-time-zone"),
+    pytest.param("app.yml", "workers:\n", "workers:\n  colour: blue\n",
+                 "app.yml: workers.colour: ", "unknown key", id="unknown-key"),
+    pytest.param("app.yml", "  in_process: 1", "  in_process: lots",
+                 "app.yml: workers.in_process: ", "integer", id="wrong-type"),
+    pytest.param("app.yml", "organisation: Riverside Family Clinic\n", "",
+                 "app.yml: organisation: ", "required", id="missing-required-key"),
+    pytest.param("intents.yml", "billing_question: {lane: billing}",
+                 "billing_question: {lane: billling}",
+                 "intents.yml: intents.billing_question.lane: ", "unknown queue 'billling'",
+                 id="intent-names-unknown-queue"),
+    pytest.param("queues.yml", "  billing:\n", "  billing\n",
+                 "queues.yml: line ", "YAML syntax error", id="yaml-syntax-error"),
+    pytest.param("messages.yml", "    portal_welcome: >-\n      Welcome.", "    portal_welcom: >-\n      Welcome.",
+                 "messages.yml: messages.en.", "", id="missing-template"),
+    pytest.param("queues.yml", "  front_desk:\n", "  front_office:\n",
+                 "queues.yml: queues.front_desk: ", "required", id="front-desk-required"),
+    pytest.param("patients.yml", "dob: 1984-03-12", "dob: 1984-13-12",
+                 "patients.yml: patients.0.dob: ", "", id="invalid-date"),
+]
+
+
+@pytest.mark.parametrize(("file", "old", "new", "where", "problem"), BROKEN)
+def test_broken_config_exits_2_with_one_clear_line(config_dir: Path, file: str, old: str,
+                                                   new: str, where: str, problem: str) -> None:
+    edit(config_dir / file, old, new)
+    result = check(config_dir)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"patientbot: config error: {where}"), lines[0]
+    assert problem in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_required_file(config_dir: Path) -> None:
+    (config_dir / "intents.yml").unlink()
+    with pytest.raises(ConfigError, match=r"^intents\.yml: required file is missing$"):
+        load_config(config_dir)
+
+
+def test_unknown_file_is_refused(config_dir: Path) -> None:
+    (config_dir / "secrets.yml").write_text("twilio_auth_token: abc\n")
+    with pytest.raises(ConfigError, match=r"^secrets\.yml: unknown config file"):
+        load_config(config_dir)
+
+
+def test_top_level_must_be_a_mapping(config_dir: Path) -> None:
+    (config_dir / "queues.yml").write_text("- front_desk\n")
+    with pytest.raises(ConfigError, match=r"^queues\.yml: \(top level\): expected a mapping"):
+        load_config(config_dir)
+
+
+def test_duplicate_patient_ids(config_dir: Path) -> None:
+    edit(config_dir / "patients.yml", "id: P1002", "id: P1001")
+    with pytest.raises(ConfigError, match=r"^patients\.yml: patients\.1\.id: duplicate"):
+        load_config(config_dir)
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    result = check(tmp_path / "nowhere")
+    assert result.returncode == 2
+    assert "config directory not found" in result.stderr
+
+
+def test_templates_fall_back_to_the_default_language(config_dir: Path) -> None:
+    config = load_config(config_dir)
+    assert config.text("handoff_ack", "es").startswith("Gracias")
+    assert config.text("handoff_ack", "fr") == config.text("handoff_ack", "en")
