@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging
 import math
@@ -181,10 +182,15 @@ def message_plan(count: int, *, tag: str, seed: int) -> list[list[tuple[str, str
     return bursts
 
 
+_message_numbers = itertools.count()
+_RUN_TAG = uuid.uuid4().hex[:12]
+
+
 def portal_inbound(sender: str, text: str, received_at: datetime) -> Inbound:
-    """What the portal channel builds for a signed-in patient's message."""
+    """What the portal channel builds for a signed-in patient's message (the provider
+    message id is `<portal session>:<client message id>` there)."""
     return Inbound(channel=CHANNEL, sender=sender,
-                   provider_message_id=f"{uuid.uuid4().hex}:{uuid.uuid4().hex[:16]}",
+                   provider_message_id=f"{_RUN_TAG}:{next(_message_numbers):010d}",
                    text=text, received_at=received_at, verified_patient=sender)
 
 

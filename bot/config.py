@@ -35,8 +35,8 @@ def _check_timezone(name: str) -> str:
 
 class PortalConfig(_Model):
     enabled: bool = True
-    idle_timeout_minutes: int = Field(15, ge=1, le=240)
-    absolute_timeout_minutes: int = Field(120, ge=5, le=1440)
+    idle_timeout_minutes: float = Field(15, gt=0, le=240)
+    absolute_timeout_minutes: float = Field(120, gt=0, le=1440)
     max_signin_attempts: int = Field(5, ge=1, le=50)
     signin_lockout_minutes: int = Field(15, ge=1, le=1440)
 

@@ -3,6 +3,9 @@
 Each test signs in as a different sample patient from config/patients.yml where it sends
 messages, because a patient's portal conversation is shared by all their sign-ins: the
 front-desk handoff acknowledgement is only the reply to the first message of a conversation.
+Mind the sign-in rate limits when adding tests: every attempt, successful or not, counts
+(portal.max_signin_attempts per name, 4x that per client address, per lockout window), and
+all tests share one server, so one client address (127.0.0.1).
 """
 
 from __future__ import annotations
@@ -139,6 +142,23 @@ def test_patient_signs_in_with_keyboard_chats_and_sees_history_after_reload(page
     expect(page.locator("#log .msg-out")).to_have_text([HANDOFF_ACK])
     assert log_texts(page) == [WELCOME, message, HANDOFF_ACK]
     expect(page.locator("#log .msg-in")).to_have_attribute("data-status", "sent")
+
+    # Signing out clears the screen and ends the session on the server too.
+    old_token = page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')")
+    with page.expect_response("**/portal/api/signout") as signout:
+        page.get_by_role("button", name="Sign out").click()
+    assert signout.value.status == 204
+    expect(page.locator("#signin-notice")).to_have_text("You have signed out.")
+    expect(page.locator("#chat")).to_be_hidden()
+    expect(page.locator("#log > *")).to_have_count(0)
+    stale = page.request.get("/portal/api/history",
+                             headers={"Authorization": f"Bearer {old_token}"})
+    assert stale.status == 401
+
+    # Signing in again to a conversation that is not empty: the history, no welcome.
+    sign_in(page, MARIA)
+    expect(page.locator("#log .msg-out")).to_have_text([HANDOFF_ACK])
+    assert log_texts(page) == [message, HANDOFF_ACK]
     assert page.dialogs == []  # type: ignore[attr-defined]
 
 

@@ -1,0 +1,88 @@
+"""A live server: our real ASGI app under uvicorn on a free port, with one worker."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from bot.app import create_app
+from bot.config import load_config
+from bot.runtime import Runtime
+from bot.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Live:
+    url: str
+    runtime: Runtime
+    client: httpx.AsyncClient
+
+    async def sign_in(self, name: str = "Maria Lopez", dob: str = "1984-03-12") -> dict[str, str]:
+        response = await self.client.post("/portal/api/signin", json={"name": name, "dob": dob})
+        assert response.status_code == 200, response.text
+        return {"authorization": f"Bearer {response.json()['token']}"}
+
+    async def history(self, auth: dict[str, str]) -> dict:
+        response = await self.client.get("/portal/api/history", headers=auth)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    async def wait_for_replies(self, auth: dict[str, str], count: int,
+                               timeout: float = 10.0) -> list[str]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            replies = [m["text"] for m in (await self.history(auth))["messages"]
+                       if m["direction"] == "out"]
+            if len(replies) >= count or asyncio.get_running_loop().time() > deadline:
+                return replies
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def edit_app_config(config_dir: Path) -> Callable[[str, str], None]:
+    def edit(old: str, new: str) -> None:
+        path = config_dir / "app.yml"
+        text = path.read_text()
+        assert old in text
+        path.write_text(text.replace(old, new))
+    return edit
+
+
+@pytest.fixture
+async def live(config_dir: Path, settings: Settings) -> AsyncIterator[Live]:
+    runtime = Runtime.build(load_config(config_dir), settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(runtime, workers=1), host="127.0.0.1",
+                                           port=port, log_config=None, lifespan="on",
+                                           timeout_graceful_shutdown=1))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        yield Live(url, runtime, client)
+    server.should_exit = True
+    await task
+
+
+@pytest.fixture(autouse=True)
+def canary_patient(config_dir: Path) -> None:
+    """A fictional patient whose details a test can search for afterwards."""
+    with (config_dir / "patients.yml").open("a") as patients:
+        patients.write('  - id: P9001\n    name: Zebedee Quillfeather\n    dob: 1971-05-09\n'
+                       '    phone: "+16175550199"\n    email: zebedee.quill@example.org\n')

@@ -1,0 +1,108 @@
+"""Canary scan: after real conversations, no Redis key or value holds the canary name,
+phone number, email, date of birth or message text; neither do the logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import redis.asyncio as redis
+
+from bot.envelopes import Inbound, Outbound
+from bot.logs import configure_logging
+from tests.conftest import redis_url
+
+CANARY_NAME = "Zebedee Quillfeather"
+CANARY_DOB = "1971-05-09"
+CANARY_PHONE = "+16175550199"
+CANARY_EMAIL = "zebedee.quill@example.org"
+CANARY_TEXT = "CANARY-MSG-5521 please call me back"
+NEEDLES = ["zebedee", "quillfeather", "6175550199", "5550199", CANARY_DOB, "05/09/1971",
+           "canary-msg-5521", "please call me back", "quill@example"]
+
+
+class RecordingSmsAdapter:
+    """Stands in for the SMS provider edge (the SMS channel arrives with its own issue)."""
+
+    name = "sms"
+
+    def __init__(self) -> None:
+        self.sent: list[Outbound] = []
+
+    async def send(self, message: Outbound) -> str | None:
+        self.sent.append(message)
+        return f"SM{len(self.sent)}"
+
+
+async def dump_everything(client: redis.Redis) -> list[tuple[str, str]]:
+    """(key, value as text) for every key in the database, whatever its type."""
+    found = []
+    async for raw_key in client.scan_iter(count=1000):
+        kind = (await client.type(raw_key)).decode()
+        if kind == "string":
+            values = [await client.get(raw_key)]
+        elif kind == "list":
+            values = await client.lrange(raw_key, 0, -1)
+        elif kind == "hash":
+            values = [v for pair in (await client.hgetall(raw_key)).items() for v in pair]
+        elif kind == "zset":
+            values = await client.zrange(raw_key, 0, -1)
+        elif kind == "set":
+            values = list(await client.smembers(raw_key))
+        elif kind == "stream":
+            values = [json.dumps({k.decode(): v.decode() for k, v in fields.items()})
+                      for _, fields in await client.xrange(raw_key)]
+        else:
+            values = []
+        text = " ".join(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                        for v in values if v is not None)
+        found.append((raw_key.decode("utf-8", "replace"), text))
+    return found
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+async def test_no_phi_in_redis_keys_values_or_logs(config_dir: Path, live, backend,
+                                                   capsys) -> None:
+    configure_logging(production=True)
+    runtime = live.runtime
+    sms = RecordingSmsAdapter()
+    runtime.channels.register(sms)
+
+    # A failed sign-in (counters keyed by name) and a successful one with the canary patient.
+    failed = await live.client.post("/portal/api/signin",
+                                    json={"name": CANARY_NAME, "dob": "1971-05-10"})
+    assert failed.status_code == 401
+    auth = await live.sign_in(CANARY_NAME, CANARY_DOB)
+    sent = await live.client.post("/portal/api/messages", headers=auth, json={
+        "client_message_id": "canary-0001",
+        "text": f"{CANARY_TEXT}. I am {CANARY_NAME}, born {CANARY_DOB}, {CANARY_PHONE}, "
+                f"{CANARY_EMAIL}"})
+    assert sent.status_code == 202
+    assert len(await live.wait_for_replies(auth, 1)) == 1
+
+    # The same patient by SMS: the phone number is the conversation's address.
+    await runtime.ingress.submit(Inbound(channel="sms", sender=CANARY_PHONE,
+                                         provider_message_id="SMcanary",
+                                         text=f"{CANARY_TEXT} from {CANARY_NAME}"))
+    for _ in range(200):
+        if sms.sent:
+            break
+        await asyncio.sleep(0.05)
+    assert sms.sent and sms.sent[0].recipient == CANARY_PHONE
+
+    client = redis.Redis.from_url(redis_url())
+    try:
+        everything = await dump_everything(client)
+    finally:
+        await client.aclose()
+    ours = [(k, v) for k, v in everything if k.startswith(runtime.settings.redis_prefix)]
+    assert len(ours) >= 10, "the scan should see this test's keys"
+    for key, value in everything:
+        for needle in NEEDLES:
+            assert needle not in key.lower(), f"PHI {needle!r} in key name {key!r}"
+            assert needle not in value.lower(), f"PHI {needle!r} in the value of {key!r}"
+    logs = capsys.readouterr()
+    for needle in NEEDLES:
+        assert needle not in (logs.err + logs.out).lower(), f"PHI {needle!r} in the logs"
