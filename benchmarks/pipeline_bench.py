@@ -213,6 +213,9 @@ class Workers(Protocol):
     def processed(self) -> int:
         """Turns committed so far (all workers, since start)."""
 
+    def cpu_seconds(self) -> float:
+        """CPU time used by worker processes (0 when the worker runs in this process)."""
+
     async def stop(self) -> None: ...
 
 
@@ -230,6 +233,9 @@ class InProcessWorker:
 
     def processed(self) -> int:
         return self._worker.processed
+
+    def cpu_seconds(self) -> float:
+        return 0.0
 
     async def stop(self) -> None:
         self._stop.set()
@@ -250,7 +256,7 @@ async def _worker_process(env: dict[str, str], index: int, stop: Any, reports: A
     worker = runtime.new_worker()
     stopping = asyncio.Event()
     task = asyncio.create_task(worker.run(stopping))
-    reports.put(("ready", index, 0))
+    reports.put(("ready", index, None))
     reported = 0
 
     def flush() -> None:
@@ -260,7 +266,7 @@ async def _worker_process(env: dict[str, str], index: int, stop: Any, reports: A
             delivered = []
         if worker.processed != reported:
             reported = worker.processed
-            reports.put(("processed", index, reported))
+            reports.put(("processed", index, (reported, time.process_time())))
 
     try:
         while not stop.is_set():
@@ -282,6 +288,7 @@ class WorkerProcesses:
         self._reports = self._ctx.Queue()
         self._tracker = tracker
         self._processed = [0] * count
+        self._cpu = [0.0] * count
         self._ready = 0
         self._procs = [self._ctx.Process(target=worker_process_main,
                                          args=(env, i, self._stop, self._reports), daemon=True)
@@ -301,6 +308,9 @@ class WorkerProcesses:
     def processed(self) -> int:
         return sum(self._processed)
 
+    def cpu_seconds(self) -> float:
+        return sum(self._cpu)
+
     def _drain(self) -> None:
         while True:
             try:
@@ -310,7 +320,7 @@ class WorkerProcesses:
             if kind == "ready":
                 self._ready += 1
             elif kind == "processed":
-                self._processed[index] = payload
+                self._processed[index], self._cpu[index] = payload
             else:
                 for pmid, at in payload:
                     self._tracker.on_delivered(pmid, at)
@@ -341,6 +351,7 @@ class PhaseResult:
     seconds: float
     rate: float  # messages completed per second
     submit_seconds: float
+    cpu_ms_per_message: float  # client CPU (submitter + workers), Redis excluded
     p50_ms: float
     p99_ms: float
     max_ms: float
@@ -412,6 +423,7 @@ async def run_phase(runtime: Runtime, workers: Workers, tracker: Tracker,
     senders = len(bursts)  # each sender's first message is answered
     before_ids = set(tracker.received)
     processed_target = workers.processed() + count
+    cpu_before = time.process_time() + workers.cpu_seconds()
     replies_target = len(tracker.delivered) + senders
     started = time.time()
     if rate is None:
@@ -423,6 +435,7 @@ async def run_phase(runtime: Runtime, workers: Workers, tracker: Tracker,
     await wait_until_done(workers, tracker, processed_target=processed_target,
                           replies_target=replies_target)
     finished = time.time()  # at most one poll interval (5 ms) late
+    cpu = time.process_time() + workers.cpu_seconds() - cpu_before
     delivered = [p for p in pmids if p in tracker.delivered]
     latencies = sorted((tracker.delivered[p] - tracker.received[p]) * 1000 for p in delivered)
     if rate is not None:
@@ -430,6 +443,7 @@ async def run_phase(runtime: Runtime, workers: Workers, tracker: Tracker,
     elapsed = finished - started
     return PhaseResult(messages=count, replies=len(latencies), seconds=round(elapsed, 3),
                        rate=round(count / elapsed, 1), submit_seconds=round(submitted - started, 3),
+                       cpu_ms_per_message=round(cpu * 1000 / count, 3),
                        p50_ms=round(percentile(latencies, 0.50), 2),
                        p99_ms=round(percentile(latencies, 0.99), 2),
                        max_ms=round(latencies[-1] if latencies else math.nan, 2))
@@ -490,19 +504,25 @@ def verdict(passed: bool | None) -> str:
     return "-" if passed is None else ("PASS" if passed else "FAIL")
 
 
-def print_table(results: Iterable[ScenarioResult], rate: float) -> None:
-    header = (f"{'scenario':<10} {'msg/s':>7} {'p50':>7} {'p99':>7} | "
-              f"{'@' + format(rate, 'g') + '/s p50':>11} {'p99':>7} {'max':>7} | "
-              f"{'>=1000/s':>8} {'p99<=20':>8}")
+def print_table(results: Iterable[ScenarioResult], rate: float, host: dict[str, Any]) -> None:
+    header = (f"{'scenario':<10} {'msg/s':>6} {'cpu/msg':>7} {'p50':>7} {'p99':>7} | "
+              f"{'@' + format(rate, 'g') + '/s p50':>11} {'p99':>6} {'max':>6} | "
+              f"{'>=1000/s':>8} {'p99<=20':>7}")
     print(header)
     print("-" * len(header))
     for r in results:
         t, p = r.throughput, r.paced
-        print(f"{r.scenario:<10} {t.rate:>7.0f} {t.p50_ms:>7.1f} {t.p99_ms:>7.1f} | "
-              f"{p.p50_ms:>11.1f} {p.p99_ms:>7.1f} {p.max_ms:>7.1f} | "
-              f"{verdict(r.throughput_pass):>8} {verdict(r.p99_pass):>8}")
-    print("latencies in ms, submit -> reply delivered; msg/s counts every message "
-          "(replies + follow-ups)")
+        print(f"{r.scenario:<10} {t.rate:>6.0f} {t.cpu_ms_per_message:>7.2f} {t.p50_ms:>7.0f} "
+              f"{t.p99_ms:>7.0f} | {p.p50_ms:>11.1f} {p.p99_ms:>6.1f} {p.max_ms:>6.1f} | "
+              f"{verdict(r.throughput_pass):>8} {verdict(r.p99_pass):>7}")
+    print(f"ms; latency = submit -> reply delivered; msg/s and client cpu/msg count every "
+          f"message; {host['cpus']} CPUs, load average {host['loadavg_start']} at start")
+
+
+def host_info() -> dict[str, Any]:
+    """Context for reading the numbers: a busy machine slows every scenario."""
+    return {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+            "loadavg_start": round(os.getloadavg()[0], 2)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -544,13 +564,14 @@ def main(argv: list[str] | None = None) -> int:
         print("pipeline_bench: REDIS_URL is not set (use `make bench`, which starts a private "
               "Redis, or choose --scenarios memory-1w)", file=sys.stderr)
         return 2
+    host = host_info()
     results = asyncio.run(main_async(args, redis_url))
     if args.json:
         print(json.dumps({"targets": {"throughput_msg_s": TARGET_THROUGHPUT,
                                       "p99_ms": TARGET_P99_MS, "offered_rate": args.rate},
-                          "results": [asdict(r) for r in results]}, indent=2))
+                          "host": host, "results": [asdict(r) for r in results]}, indent=2))
     else:
-        print_table(results, args.rate)
+        print_table(results, args.rate, host)
     return 0
 
 

@@ -147,19 +147,23 @@ class PortalChannel:
             return _error(err.status, err.error)
         if len(name) > 200 or len(dob) > 20:
             return _error(422, "Name or date of birth is too long.")
-        window = self._portal.signin_lockout_minutes * 60
-        client = request.client.host if request.client else "unknown"
-        per_name = await self._store.count_hit(
-            "signin-name", self._hasher.digest(normalise_name(name), purpose="signin"),
-            window=window)
-        per_client = await self._store.count_hit(
-            "signin-client", self._hasher.digest(client, purpose="signin"), window=window)
-        if per_name > self._portal.max_signin_attempts or \
-                per_client > 4 * self._portal.max_signin_attempts:
-            log.warning("portal sign-in rate limited")
-            return _error(429, SIGNIN_LOCKED)
+        # Only failures count: a patient who signs in often is never locked out, while
+        # guessing dates of birth for one name (or from one address) is.
+        limit = self._portal.max_signin_attempts
+        counters = [
+            ("signin-name", self._hasher.digest(normalise_name(name), purpose="signin"), limit),
+            ("signin-client", self._hasher.digest(request.client.host if request.client
+                                                  else "unknown", purpose="signin"), 4 * limit),
+        ]
+        for namespace, item_id, allowed in counters:
+            if await self._store.count_get(namespace, item_id) >= allowed:
+                log.warning("portal sign-in rate limited", counter=namespace)
+                return _error(429, SIGNIN_LOCKED)
         patient_id = await self._directory.match(name, dob)
         if patient_id is None:
+            window = self._portal.signin_lockout_minutes * 60
+            for namespace, item_id, _ in counters:
+                await self._store.count_hit(namespace, item_id, window=window)
             log.info("portal sign-in failed")
             return _error(401, SIGNIN_FAILED)
         sid = secrets.token_urlsafe(24)
@@ -171,7 +175,7 @@ class PortalChannel:
         log.info("portal sign-in")
         return JSONResponse({
             "token": self._tokens.dumps({"sid": sid}),
-            "display_name": name.strip().split()[0],
+            "display_name": " ".join(name.split()),
             "expires_at": expires.isoformat(),
             "welcome": self._config.text("portal_welcome"),
         })

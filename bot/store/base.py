@@ -120,6 +120,9 @@ class Store(Protocol):
     async def count_hit(self, namespace: str, item_id: str, *, window: float) -> int:
         """Increment a counter that expires `window` seconds after its first hit."""
 
+    async def count_get(self, namespace: str, item_id: str) -> int:
+        """The counter's current value (0 when absent or expired)."""
+
     async def ping(self) -> bool:
         """True when the backing service answers."""
 

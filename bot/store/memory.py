@@ -207,6 +207,9 @@ class MemoryStore:
     async def count_hit(self, namespace: str, item_id: str, *, window: float) -> int:
         return self._counters.incr(f"{namespace}:{item_id}", window)
 
+    async def count_get(self, namespace: str, item_id: str) -> int:
+        return self._counters.get(f"{namespace}:{item_id}") or 0
+
     async def ping(self) -> bool:
         return True
 

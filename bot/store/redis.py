@@ -214,6 +214,9 @@ class RedisStore:
         return int(await self._count(keys=[self._k("c", namespace, item_id)],
                                      args=[_ms(window)]))
 
+    async def count_get(self, namespace: str, item_id: str) -> int:
+        return int(await self._r.get(self._k("c", namespace, item_id)) or 0)
+
     async def ping(self) -> bool:
         try:
             return bool(await self._r.ping())

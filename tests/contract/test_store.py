@@ -181,8 +181,11 @@ async def test_kv_values_expire(store) -> None:
 
 
 async def test_counters_count_within_their_window(store) -> None:
+    assert await store.count_get("signin", "x") == 0
     assert [await store.count_hit("signin", "x", window=0.2) for _ in range(3)] == [1, 2, 3]
+    assert await store.count_get("signin", "x") == 3
     await asyncio.sleep(0.3)
+    assert await store.count_get("signin", "x") == 0
     assert await store.count_hit("signin", "x", window=0.2) == 1
 
 

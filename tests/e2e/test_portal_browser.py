@@ -3,7 +3,7 @@
 Each test signs in as a different sample patient from config/patients.yml where it sends
 messages, because a patient's portal conversation is shared by all their sign-ins: the
 front-desk handoff acknowledgement is only the reply to the first message of a conversation.
-Mind the sign-in rate limits when adding tests: every attempt, successful or not, counts
+Mind the sign-in rate limits when adding tests: failed attempts count
 (portal.max_signin_attempts per name, 4x that per client address, per lockout window), and
 all tests share one server, so one client address (127.0.0.1).
 """
