@@ -110,7 +110,7 @@ def test_patient_signs_in_with_keyboard_chats_and_sees_history_after_reload(page
     page.keyboard.press("Enter")
 
     expect(page.locator("#chat")).to_be_visible()
-    expect(page.locator("#whoami")).to_have_text("Signed in as Maria")
+    expect(page.locator("#whoami")).to_have_text("Signed in as Maria Lopez")
     # The form is cleared so identity details do not linger in the hidden form.
     expect(page.get_by_label("Full name")).to_have_value("")
     expect(page.get_by_label("Date of birth")).to_have_value("")
