@@ -84,6 +84,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    from datetime import date
+
+    from bot.crypto import new_key
+
+    print(f"PATIENTBOT_DATA_KEYS={date.today():%Y%m%d}:{new_key()}")
+    print(f"PATIENTBOT_LOOKUP_KEY={new_key()}")
+    print(f"PATIENTBOT_SESSION_SECRET={new_key()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="patientbot",
                                      description="Patient-support bot with human handoff")
@@ -116,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     config_commands = config.add_subparsers(dest="config_command", required=True)
     check = with_config(config_commands.add_parser("check", help="validate config/ and summarise"))
     check.set_defaults(handler=cmd_config_check)
+
+    keys = commands.add_parser("keys", help="key management")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    keys_commands.add_parser("new", help="print fresh secrets for .env").set_defaults(
+        handler=cmd_keys_new)
     return parser
 
 

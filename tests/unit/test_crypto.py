@@ -117,3 +117,18 @@ def test_production_refuses_in_memory_storage(config_dir: Path, tmp_path: Path) 
         load_settings(config, key_env())
     settings = load_settings(config, {**key_env(), "REDIS_URL": "redis://127.0.0.1:6379/0"})
     assert settings.persistent and not settings.keys.generated_dev_keys
+
+
+def test_keys_new_prints_secrets_that_load(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "bot.cli", "keys", "new"], capture_output=True,
+                         text=True, check=True).stdout
+    env = dict(line.split("=", 1) for line in out.strip().splitlines())
+    assert set(env) == {"PATIENTBOT_DATA_KEYS", "PATIENTBOT_LOOKUP_KEY",
+                        "PATIENTBOT_SESSION_SECRET"}
+    material = load_key_material(env, tmp_path)
+    assert not material.generated_dev_keys
+    assert material.sealer.open(material.sealer.seal("x", record="r", field="f"),
+                                record="r", field="f") == "x"
