@@ -24,8 +24,11 @@ Scenarios (--scenarios, comma separated)
 
 For each scenario, after a short warm-up:
     throughput  submit --messages as fast as possible; messages/s until every reply is
-                delivered and every turn committed, plus p50/p99 reply latency;
+                delivered and every turn committed, client CPU per message (submitter and
+                workers, not Redis), and p50/p99 reply latency (mostly queueing here);
     paced       submit at --rate messages/s for --duration seconds; p50/p99/max latency.
+The host's load average is printed with the results: other work on the machine shows up
+directly in the latency tail, so compare runs made on a quiet host.
 
 Targets (PASS/FAIL): throughput >= 1,000 msg/s for RedisStore with one worker, and p99 <= 20 ms
 at 200 msg/s offered load.
@@ -36,7 +39,8 @@ Run it
         [--messages 5000] [--rate 200] [--duration 10] [--scenarios redis-1w,redis-2p] [--json]
 
 Every run uses fresh random keys and its own Redis key prefix, whose keys are deleted
-(SCAN + UNLINK) when the scenario ends.
+(SCAN + UNLINK) when the scenario ends. Exit status: 0 when every scenario ran (whatever the
+PASS/FAIL verdicts), 1 when a scenario failed to complete, 2 when REDIS_URL is missing.
 """
 
 from __future__ import annotations
@@ -150,13 +154,13 @@ def time_deliveries(runtime: Runtime, on_delivered: Callable[[str, float], None]
     runtime.channels.register(TimedPortal(runtime.channels.get(CHANNEL), on_delivered))
 
 
-async def delete_keys(redis_url: str, prefix: str) -> int:
-    """SCAN + UNLINK every key under the run's prefix."""
+async def delete_keys(redis_url: str, pattern: str) -> int:
+    """SCAN + UNLINK every key matching `pattern` (a run's or a scenario's prefix)."""
     client = redis.Redis.from_url(redis_url)
     deleted = 0
     try:
         batch: list[bytes] = []
-        async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        async for key in client.scan_iter(match=pattern, count=1000):
             batch.append(key)
             if len(batch) >= 500:
                 deleted += await client.unlink(*batch)
@@ -244,38 +248,51 @@ class InProcessWorker:
 
 
 def worker_process_main(env: dict[str, str], index: int, stop: Any, reports: Any) -> None:
-    """Child process: what `patientbot worker` runs, plus delivery reports to the parent."""
+    """Child process: what `patientbot worker` runs, plus reports to the parent."""
     quiet_logging()
     asyncio.run(_worker_process(env, index, stop, reports))
 
 
+class Reporter:
+    """In a worker process: batches delivery times and progress for the parent."""
+
+    def __init__(self, index: int, reports: Any) -> None:
+        self._index = index
+        self._reports = reports
+        self._delivered: list[tuple[str, float]] = []
+        self._processed = 0
+
+    def on_delivered(self, provider_message_id: str, at: float) -> None:
+        self._delivered.append((provider_message_id, at))
+
+    def ready(self) -> None:
+        self._reports.put(("ready", self._index, None))
+
+    def flush(self, processed: int) -> None:
+        if self._delivered:
+            self._reports.put(("delivered", self._index, self._delivered))
+            self._delivered = []
+        if processed != self._processed:  # CPU time goes with progress, so a phase's ends
+            self._processed = processed     # are measured when its last turn completes
+            self._reports.put(("processed", self._index, (processed, time.process_time())))
+
+
 async def _worker_process(env: dict[str, str], index: int, stop: Any, reports: Any) -> None:
     runtime = build_runtime(env)
-    delivered: list[tuple[str, float]] = []
-    time_deliveries(runtime, lambda pmid, at: delivered.append((pmid, at)))
+    reporter = Reporter(index, reports)
+    time_deliveries(runtime, reporter.on_delivered)
     worker = runtime.new_worker()
     stopping = asyncio.Event()
     task = asyncio.create_task(worker.run(stopping))
-    reports.put(("ready", index, None))
-    reported = 0
-
-    def flush() -> None:
-        nonlocal delivered, reported
-        if delivered:
-            reports.put(("delivered", index, delivered))
-            delivered = []
-        if worker.processed != reported:
-            reported = worker.processed
-            reports.put(("processed", index, (reported, time.process_time())))
-
+    reporter.ready()
     try:
         while not stop.is_set():
             await asyncio.sleep(REPORT_INTERVAL)
-            flush()
+            reporter.flush(worker.processed)
     finally:
         stopping.set()
         await task
-        flush()
+        reporter.flush(worker.processed)
         await runtime.close()
 
 
@@ -361,7 +378,8 @@ def percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile of an ascending list."""
     if not sorted_values:
         return math.nan
-    return sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))]
+    rank = math.ceil(q * len(sorted_values)) - 1
+    return sorted_values[min(len(sorted_values) - 1, max(0, rank))]
 
 
 async def submit(runtime: Runtime, tracker: Tracker, sender: str, text: str,
@@ -411,39 +429,43 @@ async def wait_until_done(workers: Workers, tracker: Tracker, *, processed_targe
         if done + replies != last_count:
             last_progress, last_count = time.monotonic(), done + replies
         elif time.monotonic() - last_progress > STALL_TIMEOUT:
-            raise RuntimeError(f"stalled: {done}/{processed_target} turns, "
-                               f"{replies}/{replies_target} replies")
+            raise RuntimeError(f"stalled for {STALL_TIMEOUT:g} s at {done}/{processed_target} "
+                               f"turns, {replies}/{replies_target} replies")
         await asyncio.sleep(0.005)
 
 
 async def run_phase(runtime: Runtime, workers: Workers, tracker: Tracker,
                     bursts: list[list[tuple[str, str]]], *, rate: float | None) -> PhaseResult:
-    """Submit `bursts` (flat out, or paced at `rate`) and wait for every reply."""
+    """Submit `bursts` (flat out, or paced at `rate`) and wait until all are done."""
     count = sum(len(b) for b in bursts)
-    senders = len(bursts)  # each sender's first message is answered
-    before_ids = set(tracker.received)
+    before = set(tracker.received)
     processed_target = workers.processed() + count
+    replies_target = len(tracker.delivered) + len(bursts)  # each sender's first message
     cpu_before = time.process_time() + workers.cpu_seconds()
-    replies_target = len(tracker.delivered) + senders
     started = time.time()
     if rate is None:
         await submit_flat_out(runtime, tracker, bursts)
     else:
         await submit_paced(runtime, tracker, bursts, rate)
     submitted = time.time()
-    pmids = set(tracker.received) - before_ids
     await wait_until_done(workers, tracker, processed_target=processed_target,
                           replies_target=replies_target)
     finished = time.time()  # at most one poll interval (5 ms) late
     cpu = time.process_time() + workers.cpu_seconds() - cpu_before
-    delivered = [p for p in pmids if p in tracker.delivered]
-    latencies = sorted((tracker.delivered[p] - tracker.received[p]) * 1000 for p in delivered)
+    ids = set(tracker.received) - before
     if rate is not None:
-        started = min(tracker.received[p] for p in pmids)
-    elapsed = finished - started
-    return PhaseResult(messages=count, replies=len(latencies), seconds=round(elapsed, 3),
-                       rate=round(count / elapsed, 1), submit_seconds=round(submitted - started, 3),
-                       cpu_ms_per_message=round(cpu * 1000 / count, 3),
+        started = min(tracker.received[i] for i in ids)  # the first scheduled time
+    latencies = sorted((tracker.delivered[i] - tracker.received[i]) * 1000
+                       for i in ids if i in tracker.delivered)
+    return summarise(count, latencies, seconds=finished - started,
+                     submit_seconds=submitted - started, cpu_seconds=cpu)
+
+
+def summarise(count: int, latencies: list[float], *, seconds: float, submit_seconds: float,
+              cpu_seconds: float) -> PhaseResult:
+    return PhaseResult(messages=count, replies=len(latencies), seconds=round(seconds, 3),
+                       rate=round(count / seconds, 1), submit_seconds=round(submit_seconds, 3),
+                       cpu_ms_per_message=round(cpu_seconds * 1000 / count, 3),
                        p50_ms=round(percentile(latencies, 0.50), 2),
                        p99_ms=round(percentile(latencies, 0.99), 2),
                        max_ms=round(latencies[-1] if latencies else math.nan, 2))
@@ -455,11 +477,21 @@ async def run_phase(runtime: Runtime, workers: Workers, tracker: Tracker,
 class ScenarioResult:
     scenario: str
     description: str
-    throughput: PhaseResult
-    paced: PhaseResult
-    offered_rate: float
-    throughput_pass: bool | None
-    p99_pass: bool
+    throughput: PhaseResult | None = None
+    paced: PhaseResult | None = None
+    error: str | None = None
+
+    def throughput_pass(self) -> bool | None:
+        if not SCENARIOS[self.scenario].throughput_target:
+            return None
+        return self.throughput is not None and self.throughput.rate >= TARGET_THROUGHPUT
+
+    def p99_pass(self) -> bool:
+        return self.paced is not None and self.paced.p99_ms <= TARGET_P99_MS
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "throughput_pass": self.throughput_pass(),
+                "p99_pass": self.p99_pass()}
 
 
 def start_workers(scenario: Scenario, env: dict[str, str], runtime: Runtime,
@@ -469,10 +501,9 @@ def start_workers(scenario: Scenario, env: dict[str, str], runtime: Runtime,
     return InProcessWorker(runtime, tracker)
 
 
-async def run_scenario(scenario: Scenario, args: argparse.Namespace, redis_url: str | None,
-                       run_id: str) -> ScenarioResult:
-    prefix = f"pbbench-{run_id}-{scenario.name}"
-    env = bench_env(redis_url if scenario.redis else None, prefix)
+async def measure(scenario: Scenario, args: argparse.Namespace, env: dict[str, str],
+                  result: ScenarioResult) -> None:
+    """Warm up, then the throughput phase, then the paced phase, filling in `result`."""
     runtime = build_runtime(env)
     tracker = Tracker()
     workers = start_workers(scenario, env, runtime, tracker)
@@ -480,22 +511,35 @@ async def run_scenario(scenario: Scenario, args: argparse.Namespace, redis_url: 
         await workers.start()
         await run_phase(runtime, workers, tracker,
                         message_plan(WARMUP_MESSAGES, tag="warm", seed=1), rate=None)
-        throughput = await run_phase(runtime, workers, tracker,
-                                     message_plan(args.messages, tag="tp", seed=2), rate=None)
-        paced_count = max(1, int(args.rate * args.duration))
-        paced = await run_phase(runtime, workers, tracker,
-                                message_plan(paced_count, tag="pace", seed=3), rate=args.rate)
+        result.throughput = await run_phase(
+            runtime, workers, tracker, message_plan(args.messages, tag="tp", seed=2), rate=None)
+        result.paced = await run_phase(
+            runtime, workers, tracker,
+            message_plan(max(1, round(args.rate * args.duration)), tag="pace", seed=3),
+            rate=args.rate)
     finally:
         await workers.stop()
         await runtime.close()
+
+
+def key_prefix(run_id: str, scenario: str = "") -> str:
+    return f"pbbench-{run_id}-{scenario}"
+
+
+async def run_scenario(scenario: Scenario, args: argparse.Namespace, redis_url: str | None,
+                       run_id: str) -> ScenarioResult:
+    """One scenario under its own key prefix; a failure is reported, not raised."""
+    prefix = key_prefix(run_id, scenario.name)
+    env = bench_env(redis_url if scenario.redis else None, prefix)
+    result = ScenarioResult(scenario.name, scenario.description)
+    try:
+        await measure(scenario, args, env, result)
+    except Exception as err:  # keep the other scenarios' numbers
+        result.error = f"{type(err).__name__}: {err}"
+    finally:
         if scenario.redis and redis_url:
-            await delete_keys(redis_url, prefix)
-    return ScenarioResult(
-        scenario=scenario.name, description=scenario.description,
-        throughput=throughput, paced=paced, offered_rate=args.rate,
-        throughput_pass=(throughput.rate >= TARGET_THROUGHPUT
-                         if scenario.throughput_target else None),
-        p99_pass=paced.p99_ms <= TARGET_P99_MS)
+            await delete_keys(redis_url, f"{prefix}:*")
+    return result
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -504,29 +548,41 @@ def verdict(passed: bool | None) -> str:
     return "-" if passed is None else ("PASS" if passed else "FAIL")
 
 
-def print_table(results: Iterable[ScenarioResult], rate: float, host: dict[str, Any]) -> None:
-    header = (f"{'scenario':<10} {'msg/s':>6} {'cpu/msg':>7} {'p50':>7} {'p99':>7} | "
-              f"{'@' + format(rate, 'g') + '/s p50':>11} {'p99':>6} {'max':>6} | "
-              f"{'>=1000/s':>8} {'p99<=20':>7}")
-    print(header)
-    print("-" * len(header))
+def print_table(results: Iterable[ScenarioResult], args: argparse.Namespace,
+                host: dict[str, Any]) -> None:
+    paced = f"paced {args.rate:g} msg/s, {args.duration:g} s"
+    flat = f"throughput, {args.messages} msgs"
+    print(f"{'':<10} | {flat:<32} | {paced:<22} | targets")
+    print(f"{'scenario':<10} | {'msg/s':>6} {'cpu/msg':>7} {'p50':>8} {'p99':>8} | "
+          f"{'p50':>6} {'p99':>7} {'max':>7} | {'>=1000/s':>8} {'p99<=20':>8}")
+    print("-" * 95)
     for r in results:
+        if r.error or r.throughput is None or r.paced is None:
+            print(f"{r.scenario:<10} | ERROR {r.error}")
+            continue
         t, p = r.throughput, r.paced
-        print(f"{r.scenario:<10} {t.rate:>6.0f} {t.cpu_ms_per_message:>7.2f} {t.p50_ms:>7.0f} "
-              f"{t.p99_ms:>7.0f} | {p.p50_ms:>11.1f} {p.p99_ms:>6.1f} {p.max_ms:>6.1f} | "
-              f"{verdict(r.throughput_pass):>8} {verdict(r.p99_pass):>7}")
-    print(f"ms; latency = submit -> reply delivered; msg/s and client cpu/msg count every "
-          f"message; {host['cpus']} CPUs, load average {host['loadavg_start']} at start")
+        print(f"{r.scenario:<10} | {t.rate:>6.0f} {t.cpu_ms_per_message:>7.2f} {t.p50_ms:>8.0f} "
+              f"{t.p99_ms:>8.0f} | {p.p50_ms:>6.1f} {p.p99_ms:>7.1f} {p.max_ms:>7.1f} | "
+              f"{verdict(r.throughput_pass()):>8} {verdict(r.p99_pass()):>8}")
+    print("Times in ms: submit (paced: scheduled time) -> reply in the patient's mailbox; under "
+          "flat-out\nsubmission they are mostly queueing. msg/s and cpu/msg (client CPU: "
+          "submitter + workers) count\nevery message, replied or not.")
+    busy = " - BUSY HOST, expect noisy numbers" if host["loadavg_start"] >= host["cpus"] / 2 else ""
+    print(f"Host: {host['cpus']} CPUs, Python {host['python']}, load average "
+          f"{host['loadavg_start']} at start{busy}.")
 
 
 def host_info() -> dict[str, Any]:
     """Context for reading the numbers: a busy machine slows every scenario."""
-    return {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+    return {"cpus": os.cpu_count() or 1, "python": sys.version.split()[0],
             "loadavg_start": round(os.getloadavg()[0], 2)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description="Measure the message pipeline from ingress to delivered reply.",
+        epilog="Scenarios: " + "; ".join(f"{s.name}: {s.description}"
+                                         for s in SCENARIOS.values()))
     parser.add_argument("--messages", type=int, default=5000,
                         help="messages in the throughput phase (default 5000)")
     parser.add_argument("--rate", type=float, default=200.0,
@@ -534,11 +590,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0,
                         help="length of the paced phase, seconds (default 10)")
     parser.add_argument("--scenarios", default=DEFAULT_SCENARIOS,
-                        help=f"comma-separated subset of {', '.join(SCENARIOS)} "
-                             f"(default: all)")
+                        help=f"comma-separated subset of: {', '.join(SCENARIOS)} (default: all)")
     parser.add_argument("--json", action="store_true",
                         help="print machine-readable results instead of the table")
     args = parser.parse_args(argv)
+    if args.messages < 1 or args.rate <= 0 or args.duration <= 0:
+        parser.error("--messages, --rate and --duration must be positive")
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown or not names:
@@ -547,8 +604,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def main_async(args: argparse.Namespace, redis_url: str | None) -> list[ScenarioResult]:
-    run_id = uuid.uuid4().hex[:8]
+async def run_all(args: argparse.Namespace, redis_url: str | None,
+                  run_id: str) -> list[ScenarioResult]:
     results = []
     for scenario in args.scenario_list:
         print(f"[bench] {scenario.name}: {scenario.description} ...", file=sys.stderr, flush=True)
@@ -565,14 +622,19 @@ def main(argv: list[str] | None = None) -> int:
               "Redis, or choose --scenarios memory-1w)", file=sys.stderr)
         return 2
     host = host_info()
-    results = asyncio.run(main_async(args, redis_url))
+    run_id = uuid.uuid4().hex[:8]
+    try:
+        results = asyncio.run(run_all(args, redis_url, run_id))
+    finally:
+        if redis_url:  # again, now that leftover tasks are gone (a failed scenario's)
+            asyncio.run(delete_keys(redis_url, key_prefix(run_id) + "*"))
     if args.json:
         print(json.dumps({"targets": {"throughput_msg_s": TARGET_THROUGHPUT,
                                       "p99_ms": TARGET_P99_MS, "offered_rate": args.rate},
-                          "host": host, "results": [asdict(r) for r in results]}, indent=2))
+                          "host": host, "results": [r.as_dict() for r in results]}, indent=2))
     else:
-        print_table(results, args.rate, host)
-    return 0
+        print_table(results, args, host)
+    return 1 if any(r.error for r in results) else 0
 
 
 if __name__ == "__main__":
