@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -16,6 +18,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bot.runtime import Runtime
 from channels.portal import PortalChannel
 
+log = structlog.get_logger("patientbot.app")
+
+REQUEST_DEADLINE_SECONDS = 10.0
+STREAMING_PATHS = frozenset({"/portal/api/stream"})
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
        "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 SECURITY_HEADERS = [
@@ -48,6 +54,37 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class RequestDeadline:
+    """A deadline for every request but long-lived streams: a hung backend answers 503
+    instead of holding the provider's or patient's connection open."""
+
+    def __init__(self, app: ASGIApp, *, seconds: float = REQUEST_DEADLINE_SECONDS,
+                 streaming_paths: frozenset[str] = STREAMING_PATHS) -> None:
+        self.app = app
+        self.seconds = seconds
+        self.streaming_paths = streaming_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.streaming_paths:
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.seconds):
+                await self.app(scope, receive, tracking_send)
+        except TimeoutError:
+            log.error("request deadline exceeded", path=scope["path"])
+            if not started:
+                await JSONResponse({"error": "Temporarily unavailable, please try again."},
+                                   status_code=503)(scope, receive, send)
 
 
 def create_app(runtime: Runtime, *, workers: int | None = None) -> Starlette:
@@ -85,4 +122,4 @@ def create_app(runtime: Runtime, *, workers: int | None = None) -> Starlette:
         Route("/metrics", metrics_endpoint),
         *portal.routes(),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)], lifespan=lifespan)
+    return Starlette(routes=routes, middleware=[Middleware(SecurityHeaders), Middleware(RequestDeadline)], lifespan=lifespan)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -64,9 +64,14 @@ class Inbound:
     verified_patient: str | None = None
 
     def to_json(self) -> str:
-        data = asdict(self)
-        data["received_at"] = self.received_at.isoformat()
-        return json.dumps(data, separators=(",", ":"))
+        return json.dumps({
+            "channel": self.channel, "sender": self.sender,
+            "provider_message_id": self.provider_message_id, "text": self.text,
+            "received_at": self.received_at.isoformat(),
+            "attachments": [{"content_type": a.content_type, "size": a.size}
+                            for a in self.attachments],
+            "verified_patient": self.verified_patient,
+        }, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: str) -> Inbound:
@@ -89,9 +94,11 @@ class Outbound:
     in_reply_to: str | None = None
 
     def to_json(self) -> str:
-        data = asdict(self)
-        data["created_at"] = self.created_at.isoformat()
-        return json.dumps(data, separators=(",", ":"))
+        return json.dumps({
+            "conversation_id": self.conversation_id, "channel": self.channel,
+            "recipient": self.recipient, "text": self.text, "id": self.id,
+            "created_at": self.created_at.isoformat(), "in_reply_to": self.in_reply_to,
+        }, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: str) -> Outbound:

@@ -6,6 +6,7 @@ whose lease ran out (a worker died between commit and send, or a send failed).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 import structlog
@@ -43,7 +44,9 @@ class OutboxDispatcher:
         bound = log.bind(conversation=message.conversation_id, outbound=message.id,
                          channel=message.channel)
         try:
-            provider_id = await self._channels.get(message.channel).send(message)
+            # Half the lease: a send still running when the lease ends could be sent twice.
+            async with asyncio.timeout(self._lease / 2):
+                provider_id = await self._channels.get(message.channel).send(message)
         except Exception as err:
             metrics.SEND_FAILURES.labels(channel=message.channel).inc()
             attempt = self._attempts.get(message.id, 0) + 1

@@ -9,6 +9,7 @@ pending and is retried; nothing is acknowledged before it is committed.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +28,8 @@ from bot.store import Store, Turn
 from handoff.tickets import HandoffTicket
 
 log = structlog.get_logger("patientbot.pipeline")
+
+CRITICAL_SECTION_SHARE = 0.8
 
 
 class PoisonEntry(PatientbotError):
@@ -66,8 +69,11 @@ class Pipeline:
             raise PoisonEntry(entry.entry_id) from err
         key = self._ingress.conversation_key(inbound.channel, inbound.sender)
         bound = log.bind(conversation=key.id, entry=entry.entry_id, seq=entry.seq)
-        async with self._store.lock(key.id, ttl=self._workers.lock_ttl_seconds,
-                                    timeout=self._workers.lock_ttl_seconds):
+        ttl = self._workers.lock_ttl_seconds
+        # The critical section must end well before the lock expires, or a second worker
+        # could take the conversation while this one still works on it.
+        async with self._store.lock(key.id, ttl=ttl, timeout=ttl), \
+                asyncio.timeout(ttl * CRITICAL_SECTION_SHARE):
             session = await self._store.get_session(key) or Session(
                 key=key, sender=inbound.sender, language=self._config.app.default_language)
             if entry.seq <= session.last_seq:

@@ -41,6 +41,21 @@ def load_decision_step(spec: str | None) -> DecisionFactory:
     return getattr(importlib.import_module(module_name), attribute)
 
 
+def redis_client(url: str, config: Config) -> redis.Redis:
+    """One pool for the web app and the in-process workers.
+
+    The pool blocks when every connection is busy instead of failing (redis-py's default
+    pool raises), and is sized for the workers' concurrency. There is no per-command socket
+    timeout: a per-command timer costs more than the command itself. Deadlines are set per
+    message, per send and per request instead (pipeline, outbox, worker, web app).
+    """
+    workers = config.app.workers
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=max(1, workers.in_process) * workers.concurrency + 32,
+        timeout=workers.lock_ttl_seconds, socket_timeout=None, socket_connect_timeout=5)
+    return redis.Redis.from_pool(pool)
+
+
 @dataclass
 class Runtime:
     config: Config
@@ -66,7 +81,7 @@ class Runtime:
         queue: IngressQueue
         store: Store
         if settings.redis_url:
-            client = redis.Redis.from_url(settings.redis_url)
+            client = redis_client(settings.redis_url, config)
             store = RedisStore(client, keys.sealer, keys.hasher, prefix=settings.redis_prefix,
                                **store_options)
             queue = RedisIngressQueue(client, prefix=settings.redis_prefix,
@@ -96,11 +111,12 @@ class Runtime:
             _redis=client,
         )
 
-    def new_worker(self, name: str | None = None) -> Worker:
+    def new_worker(self, name: str | None = None, *,
+                   reclaim_idle: float | None = None) -> Worker:
         workers = self.config.app.workers
         return Worker(ingress=self.ingress, pipeline=self.pipeline, dispatcher=self.dispatcher,
                       name=name, concurrency=workers.concurrency,
-                      reclaim_idle=workers.reclaim_idle_seconds)
+                      reclaim_idle=reclaim_idle or workers.reclaim_idle_seconds)
 
     def start_workers(self, count: int) -> None:
         for _ in range(count):

@@ -24,6 +24,12 @@ log = structlog.get_logger("patientbot.worker")
 
 DEFER_POLL_SECONDS = 0.02
 MAINTENANCE_INTERVAL = 1.0
+READ_BLOCK_SECONDS = 0.5
+# Redis calls run without per-command socket timeouts (see bot.runtime.redis_client); these
+# deadlines keep a hung backend from stalling a worker forever.
+BACKEND_DEADLINE = 5.0
+MAINTENANCE_DEADLINE = 60.0
+SHUTDOWN_GRACE_SECONDS = 10.0
 
 
 def consumer_name(prefix: str = "worker") -> str:
@@ -59,7 +65,9 @@ class Worker:
                     continue
                 free = self._concurrency - len(self._tasks)
                 try:
-                    entries = await self._queue.read(self.name, count=free, block=0.5)
+                    async with asyncio.timeout(READ_BLOCK_SECONDS + BACKEND_DEADLINE):
+                        entries = await self._queue.read(self.name, count=free,
+                                                         block=READ_BLOCK_SECONDS)
                 except Exception as err:
                     log.error("ingress read failed", worker=self.name,
                               error_type=type(err).__name__)
@@ -68,9 +76,21 @@ class Worker:
                 self._start(entries)
         finally:
             maintenance.cancel()
-            if self._tasks:
-                await asyncio.wait(self._tasks, timeout=10)
+            await self._drain()
             log.info("worker stopped", worker=self.name)
+
+    async def _drain(self) -> None:
+        """Let in-flight messages finish; cancel what is still running after the grace
+        period (those entries stay pending and another worker reclaims them)."""
+        if not self._tasks:
+            return
+        _, unfinished = await asyncio.wait(self._tasks, timeout=SHUTDOWN_GRACE_SECONDS)
+        for task in unfinished:
+            task.cancel()
+        if unfinished:
+            await asyncio.wait(unfinished)
+            log.warning("in-flight entries left for reclaim", worker=self.name,
+                        count=len(unfinished))
 
     def _start(self, entries: list[IngressEntry]) -> None:
         for entry in entries:
@@ -92,7 +112,8 @@ class Worker:
                     if result.outcome is not Outcome.DEFERRED:
                         break
                     await asyncio.sleep(DEFER_POLL_SECONDS)
-                await self._queue.ack(entry.entry_id)
+                async with asyncio.timeout(BACKEND_DEADLINE):
+                    await self._queue.ack(entry.entry_id)
                 self.processed += 1
             await self._dispatcher.deliver(result.outbox)
         except PoisonEntry:
@@ -127,14 +148,15 @@ class Worker:
         """Reclaim dead workers' entries and resend replies whose lease ran out."""
         while not stop.is_set():
             try:
-                reclaimed = await self._queue.reclaim(self.name, min_idle=self._reclaim_idle,
-                                                      count=self._concurrency)
-                if reclaimed:
-                    log.warning("reclaimed pending entries", worker=self.name,
-                                count=len(reclaimed))
-                    self._start(reclaimed)
-                await self._dispatcher.sweep()
-                metrics.INGRESS_PENDING.set(await self._queue.pending())
+                async with asyncio.timeout(MAINTENANCE_DEADLINE):
+                    reclaimed = await self._queue.reclaim(
+                        self.name, min_idle=self._reclaim_idle, count=self._concurrency)
+                    if reclaimed:
+                        log.warning("reclaimed pending entries", worker=self.name,
+                                    count=len(reclaimed))
+                        self._start(reclaimed)
+                    await self._dispatcher.sweep()
+                    metrics.INGRESS_PENDING.set(await self._queue.pending())
             except Exception as err:
                 log.error("maintenance failed", worker=self.name, error_type=type(err).__name__)
             try:

@@ -23,7 +23,6 @@ from bot.store.memory import MemoryStore
 from bot.runtime import Runtime
 from bot.settings import Settings
 from bot.store.redis import RedisStore
-from bot.worker import Worker
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "config"
@@ -120,13 +119,12 @@ async def runtime(config: Config, settings: Settings) -> AsyncIterator[Runtime]:
 
 
 async def run_workers_until(runtime: Runtime, done, *, workers: int = 1,
-                            timeout: float = 15.0, reclaim_idle: float = 30.0) -> None:
+                            timeout: float = 15.0, reclaim_idle: float | None = None) -> None:
     """Run real workers until the async predicate `done()` holds (or fail after timeout)."""
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(Worker(ingress=runtime.ingress, pipeline=runtime.pipeline,
-                                        dispatcher=runtime.dispatcher, name=f"test-{i}",
-                                        reclaim_idle=reclaim_idle).run(stop))
-             for i in range(workers)]
+    tasks = [asyncio.create_task(
+        runtime.new_worker(f"test-{i}", reclaim_idle=reclaim_idle).run(stop))
+        for i in range(workers)]
     try:
         deadline = asyncio.get_running_loop().time() + timeout
         while not await done():

@@ -24,10 +24,14 @@ from handoff.tickets import HandoffTicket
 
 
 class _Expiring:
-    """A dict whose entries vanish after their TTL (checked on read)."""
+    """A dict whose entries vanish after their TTL (checked on read, and purged in bulk
+    every `PURGE_EVERY` writes so that a long-running process does not grow without bound)."""
+
+    PURGE_EVERY = 10_000
 
     def __init__(self) -> None:
         self._items: dict[str, tuple[Any, float]] = {}
+        self._writes = 0
 
     def get(self, key: str) -> Any | None:
         item = self._items.get(key)
@@ -39,7 +43,11 @@ class _Expiring:
         return item[0]
 
     def set(self, key: str, value: Any, ttl: float) -> None:
-        self._items[key] = (value, time.monotonic() + ttl)
+        now = time.monotonic()
+        self._items[key] = (value, now + ttl)
+        self._writes += 1
+        if self._writes % self.PURGE_EVERY == 0:
+            self._items = {k: item for k, item in self._items.items() if item[1] > now}
 
     def pop(self, key: str) -> None:
         self._items.pop(key, None)
@@ -67,7 +75,10 @@ class MemoryStore:
         self._kv = _Expiring()
         self._counters = _Expiring()
         self._transcripts: dict[str, list[str]] = defaultdict(list)
-        self._outbox: dict[str, dict[str, Any]] = {}
+        # Pending entries (body, due time) apart from sent ones, so a sweep looks only at
+        # what is still owed; sent ids are remembered for `retention`.
+        self._outbox: dict[str, tuple[str, float]] = {}
+        self._outbox_sent = _Expiring()
         self._tickets: dict[str, str] = {}
         self._lanes: dict[str, list[str]] = defaultdict(list)
         self._mailboxes: dict[str, list[str]] = defaultdict(list)
@@ -116,7 +127,8 @@ class MemoryStore:
         self._transcripts[conv].extend(entries)
         due = time.monotonic() + lease_seconds
         for outbound_id, body in outbox:
-            self._outbox.setdefault(outbound_id, {"body": body, "status": "pending", "due": due})
+            if outbound_id not in self._outbox and self._outbox_sent.get(outbound_id) is None:
+                self._outbox[outbound_id] = (body, due)
         for ticket, body in tickets:
             if ticket.id not in self._tickets:
                 self._lanes[ticket.lane].append(ticket.id)
@@ -130,28 +142,28 @@ class MemoryStore:
 
     async def claim_outbox(self, *, limit: int, lease_seconds: float) -> list[Outbound]:
         now = time.monotonic()
-        due = sorted((item["due"], oid) for oid, item in self._outbox.items()
-                     if item["status"] == "pending" and item["due"] <= now)[:limit]
+        due = sorted((item_due, oid) for oid, (_, item_due) in self._outbox.items()
+                     if item_due <= now)[:limit]
         claimed = []
         for _, oid in due:
-            self._outbox[oid]["due"] = now + lease_seconds
-            claimed.append(self._codec.parse_outbound(oid, self._outbox[oid]["body"]))
+            body, _ = self._outbox[oid]
+            self._outbox[oid] = (body, now + lease_seconds)
+            claimed.append(self._codec.parse_outbound(oid, body))
         return claimed
 
     async def mark_sent(self, outbound_id: str, *, provider_id: str | None = None) -> None:
-        item = self._outbox.get(outbound_id)
-        if item is not None:
-            item["status"] = "sent"
-            item["provider_id"] = provider_id
+        if self._outbox.pop(outbound_id, None) is not None:
+            self._outbox_sent.set(outbound_id, provider_id or "", self._retention)
 
     async def retry_outbox(self, outbound_id: str, *, delay: float) -> None:
-        item = self._outbox.get(outbound_id)
-        if item is not None and item["status"] == "pending":
-            item["due"] = time.monotonic() + delay
+        if outbound_id in self._outbox:
+            body, _ = self._outbox[outbound_id]
+            self._outbox[outbound_id] = (body, time.monotonic() + delay)
 
     async def outbox_status(self, outbound_id: str) -> str | None:
-        item = self._outbox.get(outbound_id)
-        return None if item is None else item["status"]
+        if outbound_id in self._outbox:
+            return "pending"
+        return None if self._outbox_sent.get(outbound_id) is None else "sent"
 
     async def get_ticket(self, ticket_id: str) -> HandoffTicket | None:
         raw = self._tickets.get(ticket_id)

@@ -6,6 +6,9 @@ import asyncio
 import json
 from datetime import timedelta
 
+import pytest
+
+from bot.config import load_config
 from bot.decision import FOLLOWUP_ACK_INTERVAL
 from bot.envelopes import Inbound
 from bot.logs import configure_logging
@@ -186,3 +189,33 @@ async def test_an_entry_that_cannot_be_opened_is_set_aside(runtime) -> None:
 
     await run_workers_until(runtime, set_aside)
     assert await runtime.ingress.queue.pending() == 0
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+async def test_high_concurrency_does_not_exhaust_the_redis_pool(config_dir, settings,
+                                                                backend) -> None:
+    app = config_dir / "app.yml"
+    app.write_text(app.read_text().replace("concurrency: 32", "concurrency: 256"))
+    runtime = Runtime.build(load_config(config_dir), settings)
+    errors_before = _pipeline_errors()
+    try:
+        for i in range(600):
+            await runtime.ingress.submit(portal_message("hi", client_id=f"m-{i}",
+                                                        patient=f"P{i}"))
+
+        async def all_done() -> bool:
+            return await runtime.ingress.queue.pending() == 0 and \
+                len(await runtime.store.tickets_in_lane("front_desk")) == 600
+
+        await run_workers_until(runtime, all_done, timeout=60)
+    finally:
+        await runtime.close()
+    assert _pipeline_errors() == errors_before
+
+
+def _pipeline_errors() -> float:
+    from prometheus_client import REGISTRY
+
+    return sum(sample.value for metric in REGISTRY.collect()
+               if metric.name == "patientbot_pipeline_errors"
+               for sample in metric.samples if sample.name.endswith("_total"))
