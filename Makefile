@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install bench config-check clean
+.PHONY: run test lint install bench config-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,10 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/patientbot serve --host 127.0.0.1 --port 8000
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check bot channels handoff nlu tests benchmarks
+
+test: lint
 	scripts/ensure-chromium.sh
 	scripts/with-redis.sh $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 

@@ -61,7 +61,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -384,7 +384,7 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 async def submit(runtime: Runtime, tracker: Tracker, sender: str, text: str,
                  received_at: datetime | None = None) -> None:
-    received_at = received_at or datetime.now(timezone.utc)
+    received_at = received_at or datetime.now(UTC)
     inbound = portal_inbound(sender, text, received_at)
     tracker.received[inbound.provider_message_id] = received_at.timestamp()
     await runtime.ingress.submit(inbound)
@@ -415,7 +415,7 @@ async def submit_paced(runtime: Runtime, tracker: Tracker,
         if delay > 0:
             await asyncio.sleep(delay)
         await submit(runtime, tracker, sender, text,
-                     datetime.fromtimestamp(scheduled, timezone.utc))
+                     datetime.fromtimestamp(scheduled, UTC))
 
 
 async def wait_until_done(workers: Workers, tracker: Tracker, *, processed_target: int,

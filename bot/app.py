@@ -115,6 +115,12 @@ def create_app(runtime: Runtime, *, workers: int | None = None) -> Starlette:
         finally:
             await runtime.close()
 
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        # The HTTP error boundary: no exception text or request data in the answer or logs.
+        log.error("request failed", path=request.url.path, error_type=type(exc).__name__)
+        return JSONResponse({"error": "Temporarily unavailable, please try again."},
+                            status_code=503)
+
     routes = [
         Route("/", lambda request: RedirectResponse("/portal/")),
         Route("/healthz", healthz),
@@ -122,4 +128,6 @@ def create_app(runtime: Runtime, *, workers: int | None = None) -> Starlette:
         Route("/metrics", metrics_endpoint),
         *portal.routes(),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(SecurityHeaders), Middleware(RequestDeadline)], lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan,
+                     middleware=[Middleware(SecurityHeaders), Middleware(RequestDeadline)],
+                     exception_handlers={Exception: unavailable})

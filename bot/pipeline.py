@@ -23,7 +23,7 @@ from bot.decision import Decision, DecisionStep, error_decision
 from bot.envelopes import Inbound, Outbound, utcnow
 from bot.errors import CryptoError, PatientbotError
 from bot.ingress import Ingress, IngressEntry
-from bot.session import Direction, IdentityStatus, Session, SessionState, TranscriptEntry
+from bot.session import Direction, IdentityStatus, Session, TranscriptEntry
 from bot.store import Store, Turn
 from handoff.tickets import HandoffTicket
 

@@ -9,6 +9,7 @@ if processing raises (store down), it stays pending and is reclaimed later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -159,7 +160,5 @@ class Worker:
                     metrics.INGRESS_PENDING.set(await self._queue.pending())
             except Exception as err:
                 log.error("maintenance failed", worker=self.name, error_type=type(err).__name__)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), MAINTENANCE_INTERVAL)
-            except TimeoutError:
-                pass

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -256,7 +256,7 @@ class PortalChannel:
                 for item in items:
                     cursor = item.cursor
                     payload = json.dumps({"direction": "out", "text": item.text,
-                                          "at": item.at.astimezone(timezone.utc).isoformat(),
+                                          "at": item.at.astimezone(UTC).isoformat(),
                                           "cursor": item.cursor})
                     yield f"event: message\ndata: {payload}\n\n"
                 if not items:

@@ -19,9 +19,9 @@ import redis.asyncio as redis
 from bot.config import Config, load_config
 from bot.crypto import KeyMaterial, load_key_material, new_key
 from bot.ingress import MemoryIngressQueue, RedisIngressQueue
-from bot.store.memory import MemoryStore
 from bot.runtime import Runtime
 from bot.settings import Settings
+from bot.store.memory import MemoryStore
 from bot.store.redis import RedisStore
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,8 +13,8 @@ from typing import Any
 
 from bot.crypto import Sealer
 from bot.envelopes import ConversationKey, Outbound
-from bot.store.base import MailboxItem
 from bot.session import Direction, IdentityStatus, Session, SessionState, TranscriptEntry
+from bot.store.base import MailboxItem
 from handoff.tickets import HandoffNote, HandoffTicket, Priority, TicketStatus
 
 

@@ -147,7 +147,7 @@ class RedisStore:
         flat = await self._claim(keys=[self._k("oq")],
                                  args=[now, now + lease_seconds, limit, self._k("o", "")])
         claimed = []
-        for raw_id, body in zip(flat[::2], flat[1::2]):
+        for raw_id, body in zip(flat[::2], flat[1::2], strict=True):
             outbound_id = raw_id.decode()
             if not body:  # the entry expired under retention; drop its queue slot
                 await self._r.zrem(self._k("oq"), outbound_id)

@@ -46,7 +46,8 @@ XSS_PAYLOADS = [
 CSP_WATCH = """
 window.__cspViolations = [];
 document.addEventListener('securitypolicyviolation',
-  (e) => window.__cspViolations.push(e.violatedDirective + ' ' + e.blockedURI + ' ' + (e.sample || '')));
+  (e) => window.__cspViolations.push(
+    e.violatedDirective + ' ' + e.blockedURI + ' ' + (e.sample || '')));
 """
 
 # Every form control needs an accessible label: a non-empty <label>, aria-label or aria-labelledby.
