@@ -72,9 +72,10 @@ class Pipeline:
         ttl = self._workers.lock_ttl_seconds
         # The critical section must end well before the lock expires, or a second worker
         # could take the conversation while this one still works on it.
-        async with self._store.lock(key.id, ttl=ttl, timeout=ttl), \
-                asyncio.timeout(ttl * CRITICAL_SECTION_SHARE):
-            session = await self._store.get_session(key) or Session(
+        async with self._store.open_turn(
+                key, channel=inbound.channel, provider_message_id=inbound.provider_message_id,
+                ttl=ttl, timeout=ttl) as start, asyncio.timeout(ttl * CRITICAL_SECTION_SHARE):
+            session = start.session or Session(
                 key=key, sender=inbound.sender, language=self._config.app.default_language)
             if entry.seq <= session.last_seq:
                 metrics.DUPLICATES.inc()
@@ -83,9 +84,9 @@ class Pipeline:
             if entry.seq > session.last_seq + 1 and waited < self._workers.order_wait_seconds:
                 return Result(Outcome.DEFERRED)
             session.last_seq = entry.seq
-            if await self._store.is_processed(inbound.channel, inbound.provider_message_id):
+            if start.already_processed:
                 # The same provider message delivered again: advance the sequence, nothing else.
-                await self._store.commit(Turn(session=session))
+                await self._store.commit(Turn(session=session), release=start.lease)
                 metrics.DUPLICATES.inc()
                 bound.info("duplicate provider message dropped")
                 return Result(Outcome.DUPLICATE)
@@ -99,7 +100,7 @@ class Pipeline:
                 bound.error("decision step failed; handing off", error_type=type(err).__name__)
                 decision = error_decision(self._config, inbound, session)
             turn = self._build_turn(inbound, session, decision, now)
-            await self._store.commit(turn, lease_seconds=self._workers.lock_ttl_seconds)
+            await self._store.commit(turn, lease_seconds=ttl, release=start.lease)
 
         self._record(inbound, decision, turn, bound)
         return Result(Outcome.PROCESSED, tuple(turn.outbox))

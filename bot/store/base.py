@@ -48,12 +48,23 @@ class MailboxItem:
     at: datetime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Lease:
-    """A held lock; `token` proves ownership when releasing."""
+    """A held lock; `token` proves ownership when releasing. `released` is set once a
+    commit has released it, so leaving the lock's block does not release it again."""
 
     name: str
     token: str
+    released: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStart:
+    """What a turn starts from, read under the conversation lock (see `Store.open_turn`)."""
+
+    session: Session | None
+    already_processed: bool
+    lease: Lease
 
 
 class Store(Protocol):
@@ -76,9 +87,17 @@ class Store(Protocol):
         block a conversation forever.
         """
 
-    async def commit(self, turn: Turn, *, lease_seconds: float = 30.0) -> None:
+    def open_turn(self, key: ConversationKey, *, channel: str, provider_message_id: str,
+                  ttl: float = 30.0, timeout: float = 10.0
+                  ) -> AbstractAsyncContextManager[TurnStart]:
+        """`lock(key.id)` plus, in the same step, the session and whether this provider
+        message was already processed: one round trip on the pipeline's hot path."""
+
+    async def commit(self, turn: Turn, *, lease_seconds: float = 30.0,
+                     release: Lease | None = None) -> None:
         """Atomically: save the session, append the transcript, add tickets, queue the
-        outbox entries (leased for `lease_seconds`), and remember `processed`."""
+        outbox entries (leased for `lease_seconds`), remember `processed`, and release the
+        conversation lock `release` if given (and still held)."""
 
     async def transcript(self, conversation_id: str, start: int = 0) -> list[TranscriptEntry]:
         """Transcript entries from index `start`, oldest first."""

@@ -18,7 +18,7 @@ from typing import Any
 from bot.crypto import Hasher, Sealer
 from bot.envelopes import ConversationKey, Outbound
 from bot.session import Session, TranscriptEntry
-from bot.store.base import Lease, MailboxItem, Turn, acquire_polling
+from bot.store.base import Lease, MailboxItem, Turn, TurnStart, acquire_polling
 from bot.store.codec import Codec
 from handoff.tickets import HandoffTicket
 
@@ -113,10 +113,24 @@ class MemoryStore:
         try:
             yield lease
         finally:
-            if self._locks.get(conversation_id) == lease.token:
-                self._locks.pop(conversation_id)
+            self._release(lease)
 
-    async def commit(self, turn: Turn, *, lease_seconds: float = 30.0) -> None:
+    def _release(self, lease: Lease) -> None:
+        if not lease.released and self._locks.get(lease.name) == lease.token:
+            self._locks.pop(lease.name)
+        lease.released = True
+
+    @asynccontextmanager
+    async def open_turn(self, key: ConversationKey, *, channel: str, provider_message_id: str,
+                        ttl: float = 30.0, timeout: float = 10.0) -> AsyncIterator[TurnStart]:
+        async with self.lock(key.id, ttl=ttl, timeout=timeout) as lease:
+            yield TurnStart(session=await self.get_session(key),
+                            already_processed=await self.is_processed(channel,
+                                                                      provider_message_id),
+                            lease=lease)
+
+    async def commit(self, turn: Turn, *, lease_seconds: float = 30.0,
+                     release: Lease | None = None) -> None:
         # Serialise everything first: an encoding error must leave nothing half-written.
         conv = turn.session.conversation_id
         session_raw = self._codec.session(turn.session)
@@ -135,6 +149,8 @@ class MemoryStore:
             self._tickets[ticket.id] = body
         if turn.processed:
             self._processed.set(self._dedupe_key(*turn.processed), True, self._dedupe_ttl)
+        if release is not None:
+            self._release(release)
 
     async def transcript(self, conversation_id: str, start: int = 0) -> list[TranscriptEntry]:
         raw = self._transcripts.get(conversation_id, [])[start:]

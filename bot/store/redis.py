@@ -22,10 +22,17 @@ import redis.asyncio as redis
 from bot.crypto import Hasher, Sealer
 from bot.envelopes import ConversationKey, Outbound
 from bot.session import Session, TranscriptEntry
-from bot.store.base import Lease, MailboxItem, Turn, acquire_polling
+from bot.store.base import Lease, MailboxItem, Turn, TurnStart, acquire_polling
 from bot.store.codec import Codec
 from handoff.tickets import HandoffTicket
 
+# Take the conversation lock and, if taken, read the session and the dedupe mark with it.
+_OPEN_TURN = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, redis.call('GET', KEYS[2]) or '', redis.call('EXISTS', KEYS[3])}
+end
+return {0}
+"""
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -72,6 +79,7 @@ class RedisStore:
         self._dedupe_ttl = dedupe_ttl
         self._retention = retention
         self._mailbox_poll = mailbox_poll
+        self._open_turn = client.register_script(_OPEN_TURN)
         self._release = client.register_script(_RELEASE)
         self._claim = client.register_script(_CLAIM)
         self._mailbox_append = client.register_script(_MAILBOX_APPEND)
@@ -103,7 +111,7 @@ class RedisStore:
     async def lock(self, conversation_id: str, *, ttl: float = 30.0,
                    timeout: float = 10.0) -> AsyncIterator[Lease]:
         name = self._k("l", conversation_id)
-        lease = Lease(conversation_id, secrets.token_hex(8))
+        lease = Lease(name, secrets.token_hex(8))
 
         async def try_acquire() -> bool:
             return bool(await self._r.set(name, lease.token, nx=True, px=_ms(ttl)))
@@ -112,9 +120,30 @@ class RedisStore:
         try:
             yield lease
         finally:
-            await self._release(keys=[name], args=[lease.token])
+            if not lease.released:
+                await self._release(keys=[lease.name], args=[lease.token])
 
-    async def commit(self, turn: Turn, *, lease_seconds: float = 30.0) -> None:
+    @asynccontextmanager
+    async def open_turn(self, key: ConversationKey, *, channel: str, provider_message_id: str,
+                        ttl: float = 30.0, timeout: float = 10.0) -> AsyncIterator[TurnStart]:
+        lease = Lease(self._k("l", key.id), secrets.token_hex(8))
+        keys = [lease.name, self._k("s", key.id), self._dedupe_key(channel, provider_message_id)]
+        found: list[Any] = []
+
+        async def try_acquire() -> bool:
+            found[:] = await self._open_turn(keys=keys, args=[lease.token, _ms(ttl)])
+            return found[0] == 1
+
+        await acquire_polling(try_acquire, timeout=timeout)
+        try:
+            session = self._codec.parse_session(found[1]) if found[1] else None
+            yield TurnStart(session=session, already_processed=bool(found[2]), lease=lease)
+        finally:
+            if not lease.released:
+                await self._release(keys=[lease.name], args=[lease.token])
+
+    async def commit(self, turn: Turn, *, lease_seconds: float = 30.0,
+                     release: Lease | None = None) -> None:
         conv = turn.session.conversation_id
         retention = _ms(self._retention)
         pipe = self._r.pipeline(transaction=True)
@@ -136,7 +165,11 @@ class RedisStore:
                       nx=True)
         if turn.processed:
             pipe.set(self._dedupe_key(*turn.processed), b"1", px=_ms(self._dedupe_ttl))
+        if release is not None and not release.released:
+            await self._release(keys=[release.name], args=[release.token], client=pipe)
         await pipe.execute()
+        if release is not None:
+            release.released = True
 
     async def transcript(self, conversation_id: str, start: int = 0) -> list[TranscriptEntry]:
         raw = await self._r.lrange(self._k("t", conversation_id), start, -1)

@@ -191,3 +191,35 @@ async def test_counters_count_within_their_window(store) -> None:
 
 async def test_ping(store) -> None:
     assert await store.ping() is True
+
+
+async def test_open_turn_locks_and_reads_session_and_dedupe_mark(store) -> None:
+    session = make_session()
+    key = session.key
+    async with store.open_turn(key, channel="sms", provider_message_id="SM1") as start:
+        assert start.session is None and start.already_processed is False
+        with pytest.raises(LockTimeout):
+            async with store.lock(key.id, timeout=0.1):
+                pass
+        await store.commit(Turn(session=session, processed=("sms", "SM1")),
+                           release=start.lease)
+        assert start.lease.released
+        # Released by the commit: the next turn need not wait for this block to end.
+        async with store.lock(key.id, timeout=0.5):
+            pass
+    async with store.open_turn(key, channel="sms", provider_message_id="SM1") as start:
+        assert start.session == session and start.already_processed is True
+    async with store.open_turn(key, channel="sms", provider_message_id="SM2", timeout=0.5) as s:
+        assert s.already_processed is False  # the lock was released on leaving the block
+
+
+async def test_a_commit_does_not_release_a_lock_it_no_longer_holds(store) -> None:
+    session = make_session()
+    async with store.open_turn(session.key, channel="sms", provider_message_id="SM1",
+                               ttl=0.1) as start:
+        await asyncio.sleep(0.2)  # our lock expired...
+        async with store.lock(session.key.id, ttl=5, timeout=0.5):  # ...and another took it
+            await store.commit(Turn(session=session), release=start.lease)
+            with pytest.raises(LockTimeout):  # the other holder still has it
+                async with store.lock(session.key.id, timeout=0.1):
+                    pass
