@@ -29,7 +29,8 @@ from handoff.tickets import HandoffTicket
 
 log = structlog.get_logger("patientbot.pipeline")
 
-CRITICAL_SECTION_SHARE = 0.8
+CRITICAL_SECTION_SHARE = 0.8  # of the lock TTL, for everything under the lock
+DECISION_SHARE = 0.5  # of the lock TTL, for the decision step
 
 
 class PoisonEntry(PatientbotError):
@@ -94,7 +95,10 @@ class Pipeline:
             now = utcnow()
             self._apply_channel_identity(session, inbound, now)
             try:
-                decision = await self._decide.decide(inbound, session, now=now)
+                # A decision that hangs (a slow NLU server) is an error like any other: the
+                # patient is handed off now rather than the entry retried forever.
+                async with asyncio.timeout(ttl * DECISION_SHARE):
+                    decision = await self._decide.decide(inbound, session, now=now)
             except Exception as err:  # the error boundary: never text, never a crash
                 metrics.PIPELINE_ERRORS.labels(stage="decision").inc()
                 bound.error("decision step failed; handing off", error_type=type(err).__name__)

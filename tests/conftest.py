@@ -10,7 +10,7 @@ import asyncio
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -58,6 +58,17 @@ def config_dir(tmp_path: Path) -> Path:
     target = tmp_path / "config"
     shutil.copytree(CONFIG_DIR, target)
     return target
+
+
+@pytest.fixture
+def edit_config(config_dir: Path) -> Callable[[str, str], None]:
+    """Replace one piece of text in the private copy of app.yml."""
+    def edit(old: str, new: str) -> None:
+        path = config_dir / "app.yml"
+        text = path.read_text()
+        assert old in text, f"{old!r} not in app.yml"
+        path.write_text(text.replace(old, new))
+    return edit
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,16 +49,6 @@ class Live:
             if len(replies) >= count or asyncio.get_running_loop().time() > deadline:
                 return replies
             await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-def edit_app_config(config_dir: Path) -> Callable[[str, str], None]:
-    def edit(old: str, new: str) -> None:
-        path = config_dir / "app.yml"
-        text = path.read_text()
-        assert old in text
-        path.write_text(text.replace(old, new))
-    return edit
 
 
 @pytest.fixture

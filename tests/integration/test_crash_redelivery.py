@@ -35,11 +35,11 @@ async def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 async def test_killed_worker_message_is_finished_by_another_with_one_reply(
-        config_dir: Path, prefix: str, redis_client, tmp_path: Path) -> None:
-    app = config_dir / "app.yml"
-    app.write_text(app.read_text()
-                   .replace("reclaim_idle_seconds: 30", "reclaim_idle_seconds: 1")
-                   .replace("lock_ttl_seconds: 30", "lock_ttl_seconds: 2"))
+        config_dir: Path, prefix: str, redis_client, tmp_path: Path, edit_config) -> None:
+    edit_config("reclaim_idle_seconds: 30", "reclaim_idle_seconds: 1")
+    # The decision step's deadline is half the lock TTL: long enough to kill the worker
+    # mid-message, short enough for the rescuer to take the lock soon after.
+    edit_config("lock_ttl_seconds: 30", "lock_ttl_seconds: 4")
     secrets = key_env()
     marker = tmp_path / "mid-message"
     env = {**os.environ, **secrets, "REDIS_URL": redis_url(), "PATIENTBOT_REDIS_PREFIX": prefix,

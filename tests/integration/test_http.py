@@ -154,9 +154,9 @@ async def test_sign_out_ends_the_session(live) -> None:
 
 
 @pytest.fixture
-def short_sessions(edit_app_config) -> None:
-    edit_app_config("idle_timeout_minutes: 15", "idle_timeout_minutes: 0.02")  # 1.2 s
-    edit_app_config("absolute_timeout_minutes: 120", "absolute_timeout_minutes: 0.05")  # 3 s
+def short_sessions(edit_config) -> None:
+    edit_config("idle_timeout_minutes: 15", "idle_timeout_minutes: 0.02")  # 1.2 s
+    edit_config("absolute_timeout_minutes: 120", "absolute_timeout_minutes: 0.05")  # 3 s
 
 
 async def test_idle_sessions_time_out(short_sessions, live) -> None:

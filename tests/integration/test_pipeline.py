@@ -191,10 +191,9 @@ async def test_an_entry_that_cannot_be_opened_is_set_aside(runtime) -> None:
 
 
 @pytest.mark.parametrize("backend", ["redis"])
-async def test_high_concurrency_does_not_exhaust_the_redis_pool(config_dir, settings,
-                                                                backend) -> None:
-    app = config_dir / "app.yml"
-    app.write_text(app.read_text().replace("concurrency: 32", "concurrency: 256"))
+async def test_high_concurrency_does_not_exhaust_the_redis_pool(config_dir, settings, backend,
+                                                                edit_config) -> None:
+    edit_config("concurrency: 32", "concurrency: 256")
     runtime = Runtime.build(load_config(config_dir), settings)
     errors_before = _pipeline_errors()
     try:
@@ -218,3 +217,24 @@ def _pipeline_errors() -> float:
     return sum(sample.value for metric in REGISTRY.collect()
                if metric.name == "patientbot_pipeline_errors"
                for sample in metric.samples if sample.name.endswith("_total"))
+
+
+class HangingStep:
+    def __init__(self, config) -> None:
+        pass
+
+    async def decide(self, inbound, session, *, now):
+        await asyncio.sleep(3600)
+
+
+async def test_a_hanging_decision_step_is_handed_off(config_dir, settings, edit_config) -> None:
+    edit_config("lock_ttl_seconds: 30", "lock_ttl_seconds: 1")
+    runtime = Runtime.build(load_config(config_dir), settings, decision_step=HangingStep)
+    try:
+        await runtime.ingress.submit(portal_message("hello?", client_id="hang-1"))
+        await run_workers_until(runtime, replies(1, runtime))
+        [ticket] = await runtime.store.tickets_in_lane("front_desk")
+    finally:
+        await runtime.close()
+    assert await mailbox(runtime) == [load_config(config_dir).text("error_fallback")]
+    assert ticket.reason == "processing_error"

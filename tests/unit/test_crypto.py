@@ -98,21 +98,21 @@ def test_data_keys_require_the_other_secrets(tmp_path: Path) -> None:
         load_key_material(env, tmp_path)
 
 
-def production_config(config_dir: Path, tmp_path: Path):
-    app = config_dir / "app.yml"
-    text = app.read_text().replace("environment: development", "environment: production")
-    app.write_text(text.replace("data_dir: .data", f"data_dir: {tmp_path / 'data'}"))
+@pytest.fixture
+def production_config(config_dir: Path, tmp_path: Path, edit_config):
+    edit_config("environment: development", "environment: production")
+    edit_config("data_dir: .data", f"data_dir: {tmp_path / 'data'}")
     return load_config(config_dir)
 
 
-def test_production_refuses_generated_keys(config_dir: Path, tmp_path: Path) -> None:
-    config = production_config(config_dir, tmp_path)
+def test_production_refuses_generated_keys(production_config) -> None:
+    config = production_config
     with pytest.raises(SecretsError, match="PATIENTBOT_DATA_KEYS is not set"):
         load_settings(config, {"REDIS_URL": "redis://127.0.0.1:6379/0"})
 
 
-def test_production_refuses_in_memory_storage(config_dir: Path, tmp_path: Path) -> None:
-    config = production_config(config_dir, tmp_path)
+def test_production_refuses_in_memory_storage(production_config) -> None:
+    config = production_config
     with pytest.raises(SecretsError, match="REDIS_URL is not set"):
         load_settings(config, key_env())
     settings = load_settings(config, {**key_env(), "REDIS_URL": "redis://127.0.0.1:6379/0"})
