@@ -78,19 +78,20 @@ class Pipeline:
                 ttl=ttl, timeout=ttl) as start, asyncio.timeout(ttl * CRITICAL_SECTION_SHARE):
             session = start.session or Session(
                 key=key, sender=inbound.sender, language=self._config.app.default_language)
-            if entry.seq <= session.last_seq:
-                metrics.DUPLICATES.inc()
-                bound.info("entry already processed")
-                return Result(Outcome.DUPLICATE)
+            # Sequence numbers order a conversation; dedupe marks (committed with each turn)
+            # decide what is a duplicate, so no message is ever dropped for its number.
             if entry.seq > session.last_seq + 1 and waited < self._workers.order_wait_seconds:
                 return Result(Outcome.DEFERRED)
-            session.last_seq = entry.seq
             if start.already_processed:
-                # The same provider message delivered again: advance the sequence, nothing else.
-                await self._store.commit(Turn(session=session), release=start.lease)
+                # Redelivered after its commit, or the same provider message sent again.
+                if entry.seq > session.last_seq:
+                    session.last_seq = entry.seq
+                    await self._store.commit(Turn(session=session), release=start.lease)
                 metrics.DUPLICATES.inc()
-                bound.info("duplicate provider message dropped")
+                bound.info("duplicate dropped")
                 return Result(Outcome.DUPLICATE)
+            # Past order_wait_seconds a message is processed out of order rather than held.
+            session.last_seq = max(session.last_seq, entry.seq)
 
             now = utcnow()
             self._apply_channel_identity(session, inbound, now)

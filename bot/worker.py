@@ -105,17 +105,19 @@ class Worker:
     async def _process(self, entry: IngressEntry) -> None:
         lock = self._conversation_lock(entry.conversation_id)
         try:
-            async with lock, self._slots:
-                started = time.monotonic()
-                while True:
+            started = time.monotonic()
+            while True:
+                async with lock, self._slots:
                     result = await self._pipeline.handle(
                         entry, waited=time.monotonic() - started)
-                    if result.outcome is not Outcome.DEFERRED:
-                        break
-                    await asyncio.sleep(DEFER_POLL_SECONDS)
-                async with asyncio.timeout(BACKEND_DEADLINE):
-                    await self._queue.ack(entry.entry_id)
-                self.processed += 1
+                if result.outcome is not Outcome.DEFERRED:
+                    break
+                # Wait outside the conversation lock: the earlier message may be the next
+                # in line for it here (reclaimed from a dead worker after this one arrived).
+                await asyncio.sleep(DEFER_POLL_SECONDS)
+            async with asyncio.timeout(BACKEND_DEADLINE):
+                await self._queue.ack(entry.entry_id)
+            self.processed += 1
             await self._dispatcher.deliver(result.outbox)
         except PoisonEntry:
             # Cannot be opened (e.g. its key was removed from PATIENTBOT_DATA_KEYS): set aside

@@ -239,3 +239,49 @@ async def test_a_hanging_decision_step_is_handed_off(config_dir, settings, edit_
         await runtime.close()
     assert await mailbox(runtime) == [load_config(config_dir).text("error_fallback")]
     assert ticket.reason == "processing_error"
+
+
+async def test_an_earlier_message_reclaimed_after_a_later_one_is_not_lost(runtime) -> None:
+    """Message 1 sits pending on a dead worker; message 2 reaches a live worker first. The
+    live worker reclaims message 1 and processes both, in order, without waiting out
+    order_wait_seconds."""
+    await runtime.ingress.submit(portal_message("first", client_id="first-1"))
+    await runtime.ingress.queue.read("dead-worker", count=1, block=0.1)
+    await runtime.ingress.submit(portal_message("second", client_id="second-1"))
+    conv = runtime.ingress.conversation_key("portal", "P1001").id
+
+    async def both() -> bool:
+        entries = await runtime.store.transcript(conv)
+        return sum(e.direction is Direction.IN for e in entries) == 2 and \
+            await runtime.ingress.queue.pending() == 0
+
+    started = asyncio.get_running_loop().time()
+    await run_workers_until(runtime, both, reclaim_idle=0.5, timeout=20)
+    assert asyncio.get_running_loop().time() - started < 10  # far below order_wait (60 s)
+    assert [e.text for e in await runtime.store.transcript(conv)
+            if e.direction is Direction.IN] == ["first", "second"]
+
+
+async def test_a_message_past_the_order_wait_is_processed_not_dropped(config_dir, settings,
+                                                                    edit_config) -> None:
+    edit_config("order_wait_seconds: 60", "order_wait_seconds: 0.3")
+    runtime = Runtime.build(load_config(config_dir), settings)
+    try:
+        await runtime.ingress.submit(portal_message("first", client_id="first-1"))
+        await runtime.ingress.queue.read("dead-worker", count=1, block=0.1)  # stuck for now
+        await runtime.ingress.submit(portal_message("second", client_id="second-1"))
+        conv = runtime.ingress.conversation_key("portal", "P1001").id
+
+        def received(count: int):
+            async def done() -> bool:
+                entries = await runtime.store.transcript(conv)
+                return sum(e.direction is Direction.IN for e in entries) == count
+            return done
+
+        await run_workers_until(runtime, received(1))  # "second" goes ahead after 0.3 s
+        await run_workers_until(runtime, received(2), reclaim_idle=0.1)  # "first" still counts
+        texts = [e.text for e in await runtime.store.transcript(conv)
+                 if e.direction is Direction.IN]
+    finally:
+        await runtime.close()
+    assert texts == ["second", "first"]
