@@ -17,6 +17,7 @@ import time
 import structlog
 
 from bot import metrics
+from bot.envelopes import Outbound
 from bot.ingress import Ingress, IngressEntry
 from bot.outbox import OutboxDispatcher
 from bot.pipeline import Outcome, Pipeline, PoisonEntry
@@ -110,15 +111,16 @@ class Worker:
                 async with lock, self._slots:
                     result = await self._pipeline.handle(
                         entry, waited=time.monotonic() - started)
-                if result.outcome is not Outcome.DEFERRED:
-                    break
+                    if result.outcome is not Outcome.DEFERRED:
+                        # Still holding the conversation: replies leave in message order.
+                        await self._deliver(entry, result.outbox)
+                        break
                 # Wait outside the conversation lock: the earlier message may be the next
                 # in line for it here (reclaimed from a dead worker after this one arrived).
                 await asyncio.sleep(DEFER_POLL_SECONDS)
             async with asyncio.timeout(BACKEND_DEADLINE):
                 await self._queue.ack(entry.entry_id)
             self.processed += 1
-            await self._dispatcher.deliver(result.outbox)
         except PoisonEntry:
             # Cannot be opened (e.g. its key was removed from PATIENTBOT_DATA_KEYS): set aside
             # for an operator instead of being retried forever.
@@ -134,6 +136,14 @@ class Worker:
         finally:
             self._in_flight.discard(entry.entry_id)
             self._release_conversation_lock(entry.conversation_id)
+
+    async def _deliver(self, entry: IngressEntry, outbox: tuple[Outbound, ...]) -> None:
+        try:
+            await self._dispatcher.deliver(outbox)
+        except Exception as err:
+            # Committed replies are not lost: the outbox sweep sends them after their lease.
+            log.error("reply delivery failed; left to the outbox sweep", worker=self.name,
+                      entry=entry.entry_id, error_type=type(err).__name__)
 
     def _conversation_lock(self, conversation_id: str) -> asyncio.Lock:
         lock, users = self._conversation_locks.get(conversation_id, (asyncio.Lock(), 0))
