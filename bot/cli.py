@@ -84,6 +84,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    async def main() -> None:
+        runtime = _runtime(args)
+        try:
+            queue = runtime.ingress.queue
+            if args.requeue:
+                print(f"requeued {await queue.requeue_dead_letters()} dead-letter entries")
+            else:
+                print(f"{await queue.dead_letters()} dead-letter entries "
+                      f"({await queue.pending()} pending in the ingress queue)")
+        finally:
+            await runtime.close()
+
+    asyncio.run(main())
+    return 0
+
+
 def cmd_keys_new(args: argparse.Namespace) -> int:
     from datetime import date
 
@@ -127,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     config_commands = config.add_subparsers(dest="config_command", required=True)
     check = with_config(config_commands.add_parser("check", help="validate config/ and summarise"))
     check.set_defaults(handler=cmd_config_check)
+
+    ingress = commands.add_parser("ingress", help="the ingress queue")
+    ingress_commands = ingress.add_subparsers(dest="ingress_command", required=True)
+    dead = with_config(ingress_commands.add_parser(
+        "dead-letters", help="count entries set aside; --requeue puts them back"))
+    dead.add_argument("--requeue", action="store_true",
+                      help="requeue every dead-letter entry (after fixing the cause)")
+    dead.set_defaults(handler=cmd_dead_letters, decision_step=None)
 
     keys = commands.add_parser("keys", help="key management")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)

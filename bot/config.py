@@ -54,6 +54,7 @@ class WorkersConfig(_Model):
     reclaim_idle_seconds: float = Field(30.0, gt=0)
     lock_ttl_seconds: float = Field(30.0, gt=0)
     order_wait_seconds: float = Field(60.0, ge=0)
+    max_deliveries: int = Field(5, ge=2, le=100)
 
 
 class AppConfig(_Model):

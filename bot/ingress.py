@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import redis.asyncio as redis
@@ -26,6 +26,7 @@ class IngressEntry:
     conversation_id: str
     seq: int
     envelope: str  # the sealed Inbound
+    deliveries: int = 1  # how many times it has been handed to a worker, this time included
 
 
 class IngressQueue(Protocol):
@@ -42,13 +43,17 @@ class IngressQueue(Protocol):
         """The entry is done: remove it from pending and from the queue."""
 
     async def reclaim(self, consumer: str, *, min_idle: float, count: int) -> list[IngressEntry]:
-        """Take over entries pending on any consumer for at least `min_idle` seconds."""
+        """Take over entries pending on any consumer for at least `min_idle` seconds; their
+        `deliveries` count this delivery too."""
 
     async def dead_letter(self, entry_id: str) -> None:
         """Move an entry that can never be processed aside (kept for an operator), and ack."""
 
     async def dead_letters(self) -> int:
         """How many entries were set aside."""
+
+    async def requeue_dead_letters(self) -> int:
+        """Put every set-aside entry back in the queue (after the cause is fixed)."""
 
     async def pending(self) -> int:
         """Entries delivered but not yet acknowledged."""
@@ -83,6 +88,7 @@ class _Pending:
     entry: IngressEntry
     consumer: str
     since: float = field(default_factory=time.monotonic)
+    deliveries: int = 1
 
 
 class MemoryIngressQueue:
@@ -130,12 +136,19 @@ class MemoryIngressQueue:
     async def dead_letters(self) -> int:
         return len(self._dead)
 
+    async def requeue_dead_letters(self) -> int:
+        dead, self._dead = self._dead, []
+        self._queue.extend(dead)
+        async with self._arrived:
+            self._arrived.notify_all()
+        return len(dead)
+
     async def reclaim(self, consumer: str, *, min_idle: float, count: int) -> list[IngressEntry]:
         now = time.monotonic()
         idle = [p for p in self._pending.values() if now - p.since >= min_idle][:count]
         for p in idle:
-            p.consumer, p.since = consumer, now
-        return [p.entry for p in idle]
+            p.consumer, p.since, p.deliveries = consumer, now, p.deliveries + 1
+        return [replace(p.entry, deliveries=p.deliveries) for p in idle]
 
     async def pending(self) -> int:
         return len(self._pending)
@@ -217,13 +230,30 @@ class RedisIngressQueue:
     async def dead_letters(self) -> int:
         return int(await self._r.xlen(self._dead_stream))
 
+    async def requeue_dead_letters(self) -> int:
+        await self._ensure_group()
+        moved = 0
+        for dead_id, fields in await self._r.xrange(self._dead_stream):
+            pipe = self._r.pipeline(transaction=True)
+            pipe.xadd(self._stream, fields)
+            pipe.xdel(self._dead_stream, dead_id)
+            await pipe.execute()
+            moved += 1
+        return moved
+
     async def reclaim(self, consumer: str, *, min_idle: float, count: int) -> list[IngressEntry]:
         await self._ensure_group()
         result = await self._r.xautoclaim(self._stream, self._group, consumer,
                                           min_idle_time=int(min_idle * 1000),
                                           start_id="0-0", count=count)
-        claimed = result[1]
-        return [self._entry(eid, fields) for eid, fields in claimed if fields]
+        entries = [self._entry(eid, fields) for eid, fields in result[1] if fields]
+        return [replace(entry, deliveries=await self._deliveries(entry.entry_id))
+                for entry in entries]
+
+    async def _deliveries(self, entry_id: str) -> int:
+        info = await self._r.xpending_range(self._stream, self._group, min=entry_id,
+                                            max=entry_id, count=1)
+        return int(info[0]["times_delivered"]) if info else 1
 
     async def pending(self) -> int:
         await self._ensure_group()

@@ -18,3 +18,5 @@ PIPELINE_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 INGRESS_PENDING = Gauge("patientbot_ingress_pending", "Ingress entries delivered, not yet done")
+INGRESS_DEAD = Gauge("patientbot_ingress_dead_letters",
+                     "Entries set aside for an operator (alert when above zero)")

@@ -116,7 +116,8 @@ class Runtime:
         workers = self.config.app.workers
         return Worker(ingress=self.ingress, pipeline=self.pipeline, dispatcher=self.dispatcher,
                       name=name, concurrency=workers.concurrency,
-                      reclaim_idle=reclaim_idle or workers.reclaim_idle_seconds)
+                      reclaim_idle=reclaim_idle or workers.reclaim_idle_seconds,
+                      max_deliveries=workers.max_deliveries)
 
     def start_workers(self, count: int) -> None:
         for _ in range(count):

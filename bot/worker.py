@@ -41,7 +41,7 @@ def consumer_name(prefix: str = "worker") -> str:
 class Worker:
     def __init__(self, *, ingress: Ingress, pipeline: Pipeline, dispatcher: OutboxDispatcher,
                  name: str | None = None, concurrency: int = 32,
-                 reclaim_idle: float = 30.0) -> None:
+                 reclaim_idle: float = 30.0, max_deliveries: int = 5) -> None:
         self.name = name or consumer_name()
         self._ingress = ingress
         self._queue = ingress.queue
@@ -52,6 +52,7 @@ class Worker:
         self._slots = asyncio.Semaphore(concurrency)
         self._concurrency = concurrency
         self._reclaim_idle = reclaim_idle
+        self._max_deliveries = max_deliveries
         self._conversation_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight: set[str] = set()
@@ -106,6 +107,8 @@ class Worker:
     async def _process(self, entry: IngressEntry) -> None:
         lock = self._conversation_lock(entry.conversation_id)
         try:
+            if entry.deliveries > self._max_deliveries:
+                raise PoisonEntry(entry.entry_id)
             started = time.monotonic()
             while True:
                 async with lock, self._slots:
@@ -122,12 +125,12 @@ class Worker:
                 await self._queue.ack(entry.entry_id)
             self.processed += 1
         except PoisonEntry:
-            # Cannot be opened (e.g. its key was removed from PATIENTBOT_DATA_KEYS): set aside
-            # for an operator instead of being retried forever.
+            # It cannot be opened (its key was removed from PATIENTBOT_DATA_KEYS) or failed
+            # max_deliveries times: kept aside for an operator, not retried forever.
             await self._queue.dead_letter(entry.entry_id)
             metrics.PIPELINE_ERRORS.labels(stage="poison").inc()
-            log.error("entry cannot be opened; moved to dead letters", worker=self.name,
-                      entry=entry.entry_id)
+            log.error("entry moved to dead letters", worker=self.name, entry=entry.entry_id,
+                      deliveries=entry.deliveries)
         except Exception as err:
             # Left pending on purpose: another worker (or this one) reclaims it.
             metrics.PIPELINE_ERRORS.labels(stage="worker").inc()
@@ -170,6 +173,7 @@ class Worker:
                         self._start(reclaimed)
                     await self._dispatcher.sweep()
                     metrics.INGRESS_PENDING.set(await self._queue.pending())
+                    metrics.INGRESS_DEAD.set(await self._queue.dead_letters())
             except Exception as err:
                 log.error("maintenance failed", worker=self.name, error_type=type(err).__name__)
             with contextlib.suppress(TimeoutError):

@@ -52,12 +52,17 @@ async def test_reclaim_takes_over_idle_pending_entries(ingress_queue) -> None:
     assert await ingress_queue.pending() == 0
 
 
-async def test_dead_letter_sets_an_entry_aside(ingress_queue) -> None:
+async def test_dead_letters_are_set_aside_and_can_be_requeued(ingress_queue) -> None:
     entry = await ingress_queue.append("a", "unopenable")
     await ingress_queue.read("w1", count=1, block=0.1)
     await ingress_queue.dead_letter(entry.entry_id)
     assert await ingress_queue.pending() == 0
     assert await ingress_queue.dead_letters() == 1
+    assert await ingress_queue.read("w1", count=1, block=0.05) == []
+    assert await ingress_queue.requeue_dead_letters() == 1
+    assert await ingress_queue.dead_letters() == 0
+    [back] = await ingress_queue.read("w1", count=1, block=0.1)
+    assert (back.conversation_id, back.seq, back.envelope) == ("a", 1, "unopenable")
 
 
 async def test_envelopes_are_sealed_and_bound_to_their_conversation(ingress_queue, keys) -> None:
@@ -71,3 +76,15 @@ async def test_envelopes_are_sealed_and_bound_to_their_conversation(ingress_queu
     other = ingress.conversation_key("sms", "+16175550199").id
     assert other != entry.conversation_id
     assert ingress.conversation_key("sms", "+16175550100").id == entry.conversation_id
+
+
+async def test_reclaimed_entries_count_their_deliveries(ingress_queue) -> None:
+    await ingress_queue.append("a", "one")
+    [first] = await ingress_queue.read("w1", count=1, block=0.1)
+    assert first.deliveries == 1
+    counts = []
+    for consumer in ("w2", "w3"):
+        await asyncio.sleep(0.15)
+        [again] = await ingress_queue.reclaim(consumer, min_idle=0.1, count=10)
+        counts.append(again.deliveries)
+    assert counts == [2, 3]

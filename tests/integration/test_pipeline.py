@@ -285,3 +285,17 @@ async def test_a_message_past_the_order_wait_is_processed_not_dropped(config_dir
     finally:
         await runtime.close()
     assert texts == ["second", "first"]
+
+
+async def test_an_entry_that_keeps_failing_goes_to_dead_letters(runtime, monkeypatch) -> None:
+    async def failing_commit(turn, **options):
+        raise RuntimeError("commit keeps failing")  # a bug or an outage that never ends
+
+    monkeypatch.setattr(runtime.store, "commit", failing_commit)
+    await runtime.ingress.submit(portal_message("hello", client_id="doomed-1"))
+
+    async def set_aside() -> bool:
+        return await runtime.ingress.queue.dead_letters() == 1
+
+    await run_workers_until(runtime, set_aside, reclaim_idle=0.05, timeout=30)
+    assert await runtime.ingress.queue.pending() == 0
