@@ -61,12 +61,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shared_runtime(args: argparse.Namespace, command: str):  # noqa: ANN202
+    runtime = _runtime(args)
+    if not runtime.settings.persistent:
+        raise SecretsError(f"`patientbot {command}` needs REDIS_URL: in-memory storage "
+                           "cannot be shared between processes")
+    return runtime
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     async def main() -> None:
-        runtime = _runtime(args)
-        if not runtime.settings.persistent:
-            raise SecretsError("`patientbot worker` needs REDIS_URL: in-memory storage cannot "
-                               "be shared between processes")
+        runtime = _shared_runtime(args, "worker")
         if args.metrics_port:
             from prometheus_client import start_http_server
 
@@ -86,7 +91,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     async def main() -> None:
-        runtime = _runtime(args)
+        runtime = _shared_runtime(args, "ingress dead-letters")
         try:
             queue = runtime.ingress.queue
             if args.requeue:
