@@ -118,8 +118,13 @@ class PortalChannel:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     # sessions ---------------------------------------------------------------------------
+    def _ref(self, sid: str) -> str:
+        """Where a portal session is stored: a keyed hash, so that key names in the store
+        never carry the session id that the patient's token names."""
+        return self._hasher.digest(sid, purpose="portal-session")
+
     async def _session(self, request: Request, *, touch: bool) -> tuple[str, dict[str, Any]]:
-        """(portal session id, session data) for the bearer token, or raise 401."""
+        """(stored session reference, session data) for the bearer token, or raise 401."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
@@ -131,13 +136,14 @@ class PortalChannel:
         except BadSignature:
             raise BadRequest(401, "Please sign in.") from None
         sid = claims.get("sid") if isinstance(claims, dict) else None
-        data = await self._store.kv_get("portal", sid) if isinstance(sid, str) else None
-        if data is None:
+        ref = self._ref(sid) if isinstance(sid, str) else None
+        data = await self._store.kv_get("portal", ref) if ref else None
+        if ref is None or data is None:
             raise BadRequest(401, "Your session has ended. Please sign in again.")
         if touch:
-            await self._store.kv_set("portal", sid, data,
+            await self._store.kv_set("portal", ref, data,
                                      ttl=self._portal.idle_timeout_minutes * 60)
-        return sid, data
+        return ref, data
 
     async def signin(self, request: Request) -> Response:
         try:
@@ -168,7 +174,7 @@ class PortalChannel:
             return _error(401, SIGNIN_FAILED)
         sid = secrets.token_urlsafe(24)
         issued = utcnow()
-        await self._store.kv_set("portal", sid, {"patient_id": patient_id,
+        await self._store.kv_set("portal", self._ref(sid), {"patient_id": patient_id,
                                                  "issued_at": issued.isoformat()},
                                  ttl=self._portal.idle_timeout_minutes * 60)
         expires = issued + timedelta(minutes=self._portal.absolute_timeout_minutes)
@@ -182,16 +188,16 @@ class PortalChannel:
 
     async def signout(self, request: Request) -> Response:
         try:
-            sid, _ = await self._session(request, touch=False)
+            ref, _ = await self._session(request, touch=False)
         except BadRequest:
             return Response(status_code=204)
-        await self._store.kv_delete("portal", sid)
+        await self._store.kv_delete("portal", ref)
         return Response(status_code=204)
 
     # messages ---------------------------------------------------------------------------
     async def post_message(self, request: Request) -> Response:
         try:
-            sid, session = await self._session(request, touch=True)
+            ref, session = await self._session(request, touch=True)
             data = await _read_json(request)
             text = _string_field(data, "text")
             client_id = _string_field(data, "client_message_id")
@@ -204,7 +210,7 @@ class PortalChannel:
             return _error(413, f"Message too long: the limit is {limit} characters.")
         patient_id = session["patient_id"]
         inbound = Inbound(channel=CHANNEL, sender=patient_id,
-                          provider_message_id=f"{sid}:{client_id}", text=text,
+                          provider_message_id=f"{ref}:{client_id}", text=text,
                           verified_patient=patient_id)
         entry = await self._ingress.submit(inbound)
         metrics.MESSAGES_IN.labels(channel=CHANNEL).inc()
@@ -236,7 +242,7 @@ class PortalChannel:
 
     async def stream(self, request: Request) -> Response:
         try:
-            sid, session = await self._session(request, touch=False)
+            ref, session = await self._session(request, touch=False)
             cursor = int(request.query_params.get("cursor", "0"))
         except BadRequest as err:
             return _error(err.status, err.error)
@@ -248,7 +254,7 @@ class PortalChannel:
             nonlocal cursor
             yield ": connected\n\n"
             while not await request.is_disconnected():
-                if await self._store.kv_get("portal", sid) is None:
+                if await self._store.kv_get("portal", ref) is None:
                     yield "event: expired\ndata: {}\n\n"
                     return
                 items = await self._store.mailbox_read(conv, after=cursor,

@@ -4,6 +4,7 @@ phone number, email, date of birth or message text; neither do the logs."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from pathlib import Path
 
@@ -103,6 +104,10 @@ async def test_no_phi_in_redis_keys_values_or_logs(config_dir: Path, live, backe
         for needle in NEEDLES:
             assert needle not in key.lower(), f"PHI {needle!r} in key name {key!r}"
             assert needle not in value.lower(), f"PHI {needle!r} in the value of {key!r}"
+    # The portal session id inside the patient's token is not a key name either.
+    token = auth["authorization"].split()[1]
+    sid = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))["sid"]
+    assert not any(sid in key for key, _ in everything)
     logs = capsys.readouterr()
     for needle in NEEDLES:
         assert needle not in (logs.err + logs.out).lower(), f"PHI {needle!r} in the logs"
