@@ -87,6 +87,10 @@ def _string_field(data: dict[str, Any], name: str) -> str:
     value = data.get(name)
     if not isinstance(value, str) or not value.strip():
         raise BadRequest(422, f"'{name}' is required.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate sent as a JSON \ud800 escape
+        raise BadRequest(422, f"'{name}' is not valid text.") from None
     return value
 
 

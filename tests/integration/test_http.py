@@ -84,6 +84,8 @@ async def test_failed_sign_in_attempts_are_limited(live) -> None:
     ({"content-type": "application/json"}, b'{"text": "hi", "client_message_id": "<a>bcdefgh"}',
      422),
     ({"content-type": "application/json"}, b'{"text": "' + b"a" * 70_000 + b'"}', 413),
+    ({"content-type": "application/json"},
+     b'{"text": "bad \\ud800 text", "client_message_id": "client-0001"}', 422),
 ])
 async def test_bad_messages_are_refused_and_nothing_is_queued(live, headers, body,
                                                               status) -> None:
