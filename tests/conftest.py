@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -34,6 +35,12 @@ def redis_url() -> str:
         raise RuntimeError("REDIS_URL is not set: run the suite with `make test`, which starts "
                            "a private redis-server, or point REDIS_URL at a test Redis")
     return url
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def key_env() -> dict[str, str]:

@@ -8,10 +8,8 @@ Debian's Chromium (never a downloaded browser) with its own storage.
 
 from __future__ import annotations
 
-import base64
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -23,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIG_DIR = REPO / "config"
+from tests.conftest import CONFIG_DIR, REPO, free_port, key_env, redis_url
+
 # The console script of the interpreter running the tests (the project's .venv under `make test`).
 PATIENTBOT = next((p for p in (Path(sys.executable).parent / "patientbot",
                                REPO / ".venv" / "bin" / "patientbot") if p.exists()),
@@ -47,16 +45,6 @@ class PortalServer:
         return self.base_url + path
 
 
-def _secret() -> str:
-    return base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode("ascii")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _tail(path: Path, limit: int = 8000) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -73,10 +61,10 @@ def _ready(url: str) -> bool:
         return False
 
 
-def _delete_prefix(redis_url: str, prefix: str) -> None:
+def _delete_prefix(url: str, prefix: str) -> None:
     import redis
 
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(url)
     try:
         batch: list[bytes] = []
         for key in client.scan_iter(match=f"{prefix}:*", count=500):
@@ -91,29 +79,17 @@ def _delete_prefix(redis_url: str, prefix: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def e2e_redis_url() -> str:
-    url = os.environ.get("REDIS_URL")
-    if not url:
-        pytest.fail("The browser tests need a Redis server: REDIS_URL is not set. "
-                    "Run them with `make test` (it starts a Redis and sets REDIS_URL), or set "
-                    "REDIS_URL=redis://127.0.0.1:6379/0 yourself.", pytrace=False)
-    return url
-
-
-@pytest.fixture(scope="session")
-def portal_server(e2e_redis_url: str, tmp_path_factory: pytest.TempPathFactory
-                  ) -> Iterator[PortalServer]:
+def portal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortalServer]:
     """The real app on a free port; its Redis keys are deleted when the session ends."""
+    url = redis_url()
     workdir = tmp_path_factory.mktemp("portal-server")  # cwd: .data/ etc. never land in the repo
     prefix = f"pbtest-e2e-{secrets.token_hex(6)}"
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PATIENTBOT_")}
     env.update({
-        "REDIS_URL": e2e_redis_url,
+        "REDIS_URL": url,
         "PATIENTBOT_REDIS_PREFIX": prefix,
-        "PATIENTBOT_DATA_KEYS": f"t1:{_secret()}",
-        "PATIENTBOT_LOOKUP_KEY": _secret(),
-        "PATIENTBOT_SESSION_SECRET": _secret(),
+        **key_env(),
         "PYTHONUNBUFFERED": "1",
     })
     stdout_path, stderr_path = workdir / "server.stdout", workdir / "server.stderr"
@@ -122,7 +98,7 @@ def portal_server(e2e_redis_url: str, tmp_path_factory: pytest.TempPathFactory
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=out, stderr=err,
                                 stdin=subprocess.DEVNULL)
-    server = PortalServer(base_url=f"http://127.0.0.1:{port}", redis_url=e2e_redis_url,
+    server = PortalServer(base_url=f"http://127.0.0.1:{port}", redis_url=url,
                           redis_prefix=prefix)
     try:
         deadline = time.monotonic() + READY_TIMEOUT
@@ -144,7 +120,7 @@ def portal_server(e2e_redis_url: str, tmp_path_factory: pytest.TempPathFactory
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
-        _delete_prefix(e2e_redis_url, prefix)
+        _delete_prefix(url, prefix)
 
 
 @pytest.fixture(scope="module")

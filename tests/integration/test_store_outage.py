@@ -7,7 +7,7 @@ import httpx
 from bot.app import create_app
 from bot.runtime import Runtime
 from bot.settings import Settings
-from tests.integration.conftest import free_port
+from tests.conftest import free_port
 
 
 async def test_redis_outage_gives_503_and_not_ready(config, keys, prefix) -> None:
