@@ -93,7 +93,7 @@ def create_app(runtime: Runtime, *, workers: int | None = None) -> Starlette:
     keys = runtime.settings.keys
     portal = PortalChannel(config=runtime.config, store=runtime.store, ingress=runtime.ingress,
                            directory=runtime.directory, hasher=keys.hasher,
-                           session_secret=keys.session_secret)
+                           session_secret=keys.session_secret, audit=runtime.audit)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})

@@ -106,6 +106,23 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        runtime = _shared_runtime(args, "audit verify")
+        try:
+            check = await runtime.audit.verify()
+        finally:
+            await runtime.close()
+        if not check.ok:
+            print(f"audit log BROKEN: {check.problem}", file=sys.stderr)
+            return 1
+        # The head is what to record elsewhere: it proves later that nothing was cut off.
+        print(f"audit log OK: {check.entries} entries; head {check.head_seq} {check.head_mac}")
+        return 0
+
+    return asyncio.run(main())
+
+
 def cmd_keys_new(args: argparse.Namespace) -> int:
     from datetime import date
 
@@ -157,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--requeue", action="store_true",
                       help="requeue every dead-letter entry (after fixing the cause)")
     dead.set_defaults(handler=cmd_dead_letters, decision_step=None)
+
+    audit = commands.add_parser("audit", help="the audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = with_config(audit_commands.add_parser(
+        "verify", help="check the audit chain; prints the head to record elsewhere"))
+    verify.set_defaults(handler=cmd_audit_verify, decision_step=None)
 
     keys = commands.add_parser("keys", help="key management")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)

@@ -94,6 +94,10 @@ class Hasher:
             raise SecretsError("the lookup key must be at least 32 bytes")
         self._key = key
 
+    def derive_key(self, purpose: str) -> bytes:
+        """A separate 32-byte key for another use (e.g. audit MACs), from the lookup key."""
+        return hmac.new(self._key, f"derive\x00{purpose}".encode(), hashlib.sha256).digest()
+
     def digest(self, value: str, *, purpose: str) -> str:
         mac = hmac.new(self._key, f"{purpose}\x00{value}".encode(), hashlib.sha256)
         return mac.hexdigest()[:32]

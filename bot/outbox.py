@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import structlog
 
 from bot import metrics
+from bot.audit import AuditEvent, AuditLog
 from bot.envelopes import Outbound
 from bot.store import Store
 from channels.base import ChannelRegistry, ChannelSendError
@@ -24,9 +25,10 @@ NOT_RETRYABLE_DELAY = 3600.0
 
 
 class OutboxDispatcher:
-    def __init__(self, store: Store, channels: ChannelRegistry, *,
+    def __init__(self, store: Store, channels: ChannelRegistry, audit: AuditLog, *,
                  lease_seconds: float = 30.0) -> None:
         self._store = store
+        self._audit = audit
         self._channels = channels
         self._lease = lease_seconds
         self._attempts: dict[str, int] = {}
@@ -60,5 +62,7 @@ class OutboxDispatcher:
             return
         self._attempts.pop(message.id, None)
         await self._store.mark_sent(message.id, provider_id=provider_id)
+        await self._audit.record(AuditEvent("reply.sent", "bot", message.conversation_id,
+                                            f"{message.channel}:{message.id}"))
         metrics.MESSAGES_OUT.labels(channel=message.channel).inc()
         bound.info("reply sent")

@@ -18,6 +18,7 @@ from enum import StrEnum
 import structlog
 
 from bot import metrics
+from bot.audit import AuditEvent, AuditLog
 from bot.config import Config
 from bot.decision import Decision, DecisionStep, error_decision
 from bot.envelopes import Inbound, Outbound, utcnow
@@ -54,10 +55,11 @@ def _message_id() -> str:
 
 
 class Pipeline:
-    def __init__(self, *, config: Config, store: Store, ingress: Ingress,
+    def __init__(self, *, config: Config, store: Store, ingress: Ingress, audit: AuditLog,
                  decision_step: DecisionStep) -> None:
         self._config = config
         self._store = store
+        self._audit = audit
         self._ingress = ingress
         self._decide = decision_step
         self._workers = config.app.workers
@@ -105,6 +107,9 @@ class Pipeline:
                 bound.error("decision step failed; handing off", error_type=type(err).__name__)
                 decision = error_decision(self._config, inbound, session)
             turn = self._build_turn(inbound, session, decision, now)
+            # Audited before the write: an entry whose commit then fails is retried, so the
+            # log may show an attempt twice, never a write it does not show.
+            await self._audit.record(*self._audit_events(entry, turn, decision))
             await self._store.commit(turn, lease_seconds=ttl, release=start.lease)
 
         self._record(inbound, decision, turn, bound)
@@ -150,6 +155,15 @@ class Pipeline:
             session.last_ack_at = now
         session.updated_at = now
         return turn
+
+    @staticmethod
+    def _audit_events(entry: IngressEntry, turn: Turn, decision: Decision) -> list[AuditEvent]:
+        conversation = turn.session.conversation_id
+        events = [AuditEvent("conversation.turn", "bot", conversation,
+                             f"{entry.entry_id}:{decision.code}")]
+        events += [AuditEvent("handoff.created", "bot", conversation, ticket.id)
+                   for ticket in turn.tickets]
+        return events
 
     @staticmethod
     def _record(inbound: Inbound, decision: Decision, turn: Turn,

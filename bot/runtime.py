@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as redis
 import structlog
 
+from bot.audit import AuditChain, AuditLog, MemoryAuditLog, RedisAuditLog
 from bot.config import Config
 from bot.decision import DecisionStep, FrontDeskHandoff
 from bot.identity import ConfigPatientDirectory, PatientDirectory
@@ -66,6 +67,7 @@ class Runtime:
     dispatcher: OutboxDispatcher
     channels: ChannelRegistry
     directory: PatientDirectory
+    audit: AuditLog
     _redis: redis.Redis | None = None
     _worker_tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -80,17 +82,21 @@ class Runtime:
         client = None
         queue: IngressQueue
         store: Store
+        audit: AuditLog
+        chain = AuditChain(keys.hasher.derive_key("audit-mac-v1"))
         if settings.redis_url:
             client = redis_client(settings.redis_url, config)
             store = RedisStore(client, keys.sealer, keys.hasher, prefix=settings.redis_prefix,
                                **store_options)
             queue = RedisIngressQueue(client, prefix=settings.redis_prefix,
                                       retention=store_options["retention"])
+            audit = RedisAuditLog(client, chain, prefix=settings.redis_prefix)
         else:
             log.warning("REDIS_URL is not set: using in-memory storage; NOTHING PERSISTS "
                         "across restarts and `patientbot worker` cannot join")
             store = MemoryStore(keys.sealer, keys.hasher, **store_options)
             queue = MemoryIngressQueue()
+            audit = MemoryAuditLog(chain)
         if keys.generated_dev_keys:
             log.warning("PATIENTBOT_DATA_KEYS is not set: using DEVELOPMENT keys from "
                         f"{config.app.data_dir}/ - never use these with real patient data")
@@ -103,11 +109,12 @@ class Runtime:
             settings=settings,
             store=store,
             ingress=ingress,
-            pipeline=Pipeline(config=config, store=store, ingress=ingress,
+            pipeline=Pipeline(config=config, store=store, ingress=ingress, audit=audit,
                               decision_step=decision_step(config)),
-            dispatcher=OutboxDispatcher(store, channels, lease_seconds=lease),
+            dispatcher=OutboxDispatcher(store, channels, audit, lease_seconds=lease),
             channels=channels,
             directory=ConfigPatientDirectory(config.patients),
+            audit=audit,
             _redis=client,
         )
 

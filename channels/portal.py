@@ -24,6 +24,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from bot import metrics
+from bot.audit import AuditEvent, AuditLog
 from bot.config import Config
 from bot.crypto import Hasher
 from bot.envelopes import Inbound, Outbound, utcnow
@@ -96,8 +97,10 @@ def _string_field(data: dict[str, Any], name: str) -> str:
 
 class PortalChannel:
     def __init__(self, *, config: Config, store: Store, ingress: Ingress,
-                 directory: PatientDirectory, hasher: Hasher, session_secret: bytes) -> None:
+                 directory: PatientDirectory, hasher: Hasher, session_secret: bytes,
+                 audit: AuditLog) -> None:
         self._config = config
+        self._audit = audit
         self._portal = config.app.portal
         self._store = store
         self._ingress = ingress
@@ -174,6 +177,7 @@ class PortalChannel:
             window = self._portal.signin_lockout_minutes * 60
             for namespace, item_id, _ in counters:
                 await self._store.count_hit(namespace, item_id, window=window)
+            await self._audit.record(AuditEvent("portal.signin_failed", "patient"))
             log.info("portal sign-in failed")
             return _error(401, SIGNIN_FAILED)
         sid = secrets.token_urlsafe(24)
@@ -182,6 +186,8 @@ class PortalChannel:
                                                  "issued_at": issued.isoformat()},
                                  ttl=self._portal.idle_timeout_minutes * 60)
         expires = issued + timedelta(minutes=self._portal.absolute_timeout_minutes)
+        await self._audit.record(AuditEvent("portal.signin", "patient",
+                                            self._conversation_id(patient_id)))
         log.info("portal sign-in")
         return JSONResponse({
             "token": self._tokens.dumps({"sid": sid}),
@@ -231,6 +237,7 @@ class PortalChannel:
         except BadRequest as err:
             return _error(err.status, err.error)
         conv = self._conversation_id(session["patient_id"])
+        await self._audit.record(AuditEvent("transcript.read", "patient", conv))
         # Patient lines from the transcript, replies from the mailbox (what was delivered),
         # so a reply still in the outbox arrives once, over the stream.
         lines: list[tuple[datetime, str, str]] = [

@@ -42,6 +42,19 @@ async def test_security_headers(live) -> None:
     assert api.headers["cache-control"] == "no-store"
 
 
+async def test_sign_ins_and_transcript_reads_are_audited(live) -> None:
+    await live.client.post("/portal/api/signin", json={"name": "Maria Lopez", "dob": "1999-01-01"})
+    auth = await live.sign_in()
+    await live.history(auth)
+    conv = live.runtime.ingress.conversation_key("portal", "P1001").id
+    events = [(e.event.action, e.event.actor, e.event.conversation)
+              for e in await live.runtime.audit.entries()]
+    assert events == [("portal.signin_failed", "patient", ""),
+                      ("portal.signin", "patient", conv),
+                      ("transcript.read", "patient", conv)]
+    assert (await live.runtime.audit.verify()).ok
+
+
 async def test_sign_in_answers_the_same_whether_or_not_the_patient_exists(live) -> None:
     wrong_dob = await live.client.post("/portal/api/signin",
                                        json={"name": "Maria Lopez", "dob": "1984-03-13"})

@@ -52,6 +52,10 @@ async def test_a_new_request_goes_to_front_desk_with_a_note_and_a_reply(runtime,
     assert [(e.direction, e.actor) for e in transcript] == [
         (Direction.IN, "patient"), (Direction.EVENT, "system"), (Direction.OUT, "bot")]
     assert transcript[1].text == f"handoff:front_desk:{ticket.reason}"
+    audit = [(e.event.action, e.event.conversation) for e in await runtime.audit.entries()]
+    assert audit == [("conversation.turn", key.id), ("handoff.created", key.id),
+                     ("reply.sent", key.id)]
+    assert (await runtime.audit.verify()).ok
 
 
 async def test_follow_ups_join_the_open_ticket_and_are_acknowledged_sparingly(
