@@ -59,32 +59,35 @@ async def test_two_writers_share_one_redis_chain(chain, redis_client, prefix) ->
     assert check.ok and check.entries == 100
 
 
-async def test_a_forged_entry_is_detected(chain, redis_client, prefix) -> None:
+@pytest.fixture
+async def three_entries(chain, redis_client, prefix) -> RedisAuditLog:
     log = RedisAuditLog(redis_client, chain, prefix=prefix)
     for n in range(3):
         await log.record(event(n))
-    # Someone with write access to Redis rewrites history without the key.
+    return log
+
+
+async def delete_entry(redis_client, prefix: str, index: int) -> None:
+    ids = [entry_id for entry_id, _ in await redis_client.xrange(f"{prefix}:audit")]
+    await redis_client.xdel(f"{prefix}:audit", ids[index])
+
+
+async def test_a_forged_entry_is_detected(three_entries, redis_client, prefix) -> None:
+    # Someone with write access to Redis adds to history without the key.
     forger = RedisAuditLog(redis_client, AuditChain(os.urandom(32)), prefix=prefix)
     await forger.record(event(99))
-    check = await log.verify()
+    check = await three_entries.verify()
     assert not check.ok and check.problem == "entry 4 was altered"
 
 
-async def test_a_deleted_entry_is_detected(chain, redis_client, prefix) -> None:
-    log = RedisAuditLog(redis_client, chain, prefix=prefix)
-    for n in range(3):
-        await log.record(event(n))
-    ids = [entry_id for entry_id, _ in await redis_client.xrange(f"{prefix}:audit")]
-    await redis_client.xdel(f"{prefix}:audit", ids[1])
-    check = await log.verify()
+async def test_a_deleted_entry_is_detected(three_entries, redis_client, prefix) -> None:
+    await delete_entry(redis_client, prefix, 1)
+    check = await three_entries.verify()
     assert not check.ok and check.problem == "entry 2 is missing (found 3 next)"
 
 
-async def test_a_truncated_log_no_longer_matches_its_head(chain, redis_client, prefix) -> None:
-    log = RedisAuditLog(redis_client, chain, prefix=prefix)
-    for n in range(3):
-        await log.record(event(n))
-    ids = [entry_id for entry_id, _ in await redis_client.xrange(f"{prefix}:audit")]
-    await redis_client.xdel(f"{prefix}:audit", ids[-1])
-    check = await log.verify()
+async def test_a_truncated_log_no_longer_matches_its_head(three_entries, redis_client,
+                                                         prefix) -> None:
+    await delete_entry(redis_client, prefix, -1)
+    check = await three_entries.verify()
     assert not check.ok and "ends at 2" in check.problem
