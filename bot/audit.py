@@ -61,8 +61,15 @@ class AuditChain:
     def __init__(self, key: bytes) -> None:
         self._key = key
 
-    def entry(self, seq: int, event: AuditEvent, prev: str) -> AuditEntry:
-        return AuditEntry(seq, event, prev, self._mac(seq, event, prev))
+    def extend(self, head: tuple[int, str], events: list[AuditEvent]) -> list[AuditEntry]:
+        """`events` chained after the entry `head` = (seq, mac) names."""
+        seq, prev = head
+        chained = []
+        for event in events:
+            seq += 1
+            chained.append(AuditEntry(seq, event, prev, self._mac(seq, event, prev)))
+            prev = chained[-1].mac
+        return chained
 
     def _mac(self, seq: int, event: AuditEvent, prev: str) -> str:
         body = json.dumps([seq, prev, asdict(event)], sort_keys=True, separators=(",", ":"))
@@ -135,19 +142,18 @@ class MemoryAuditLog(_GroupCommit):
         self._chain = chain
         self._entries: list[AuditEntry] = []
 
+    def _head(self) -> tuple[int, str]:
+        last = self._entries[-1] if self._entries else None
+        return (last.seq, last.mac) if last else (0, GENESIS)
+
     async def _append(self, events: list[AuditEvent]) -> None:
-        for event in events:
-            last = self._entries[-1] if self._entries else None
-            self._entries.append(self._chain.entry(last.seq + 1 if last else 1, event,
-                                                   last.mac if last else GENESIS))
+        self._entries.extend(self._chain.extend(self._head(), events))
 
     async def entries(self) -> list[AuditEntry]:
         return list(self._entries)
 
     async def verify(self) -> AuditCheck:
-        last = self._entries[-1] if self._entries else None
-        head = (last.seq, last.mac) if last else (0, GENESIS)
-        return self._chain.check(self._entries, head)
+        return self._chain.check(self._entries, self._head())
 
 
 # Append a chained batch only if the head is still the one it was chained on.
@@ -177,18 +183,11 @@ class RedisAuditLog(_GroupCommit):
 
     async def _append(self, events: list[AuditEvent]) -> None:
         while True:
-            seq_text, prev = self._head.split(" ")
-            seq = int(seq_text)
-            chained = []
-            for event in events:
-                seq += 1
-                entry = self._chain.entry(seq, event, prev)
-                chained.append(_encode(entry))
-                prev = entry.mac
-            new_head = f"{seq} {prev}"
+            chained = self._chain.extend(_parse_head(self._head), events)
+            new_head = f"{chained[-1].seq} {chained[-1].mac}"
             result = await self._append_script(keys=[self._stream, self._head_key],
                                                args=[self._head, new_head, EMPTY_HEAD,
-                                                     *chained])
+                                                     *map(_encode, chained)])
             if result == b"ok":
                 self._head = new_head
                 return
@@ -199,8 +198,13 @@ class RedisAuditLog(_GroupCommit):
 
     async def verify(self) -> AuditCheck:
         raw_head = await self._r.get(self._head_key)
-        seq_text, mac = (raw_head.decode() if raw_head else EMPTY_HEAD).split(" ")
-        return self._chain.check(await self.entries(), (int(seq_text), mac))
+        head = _parse_head(raw_head.decode() if raw_head else EMPTY_HEAD)
+        return self._chain.check(await self.entries(), head)
+
+
+def _parse_head(head: str) -> tuple[int, str]:
+    seq, mac = head.split(" ")
+    return int(seq), mac
 
 
 def _encode(entry: AuditEntry) -> str:

@@ -89,30 +89,34 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_dead_letters(args: argparse.Namespace) -> int:
-    async def main() -> None:
-        runtime = _shared_runtime(args, "ingress dead-letters")
+def _run_operation(args: argparse.Namespace, command: str, operation) -> int:  # noqa: ANN001
+    """Run `await operation(runtime)` (returning the exit code) on a Redis-backed runtime."""
+    async def main() -> int:
+        runtime = _shared_runtime(args, command)
         try:
-            queue = runtime.ingress.queue
-            if args.requeue:
-                print(f"requeued {await queue.requeue_dead_letters()} dead-letter entries")
-            else:
-                print(f"{await queue.dead_letters()} dead-letter entries "
-                      f"({await queue.pending()} pending in the ingress queue)")
+            return await operation(runtime)
         finally:
             await runtime.close()
 
-    asyncio.run(main())
-    return 0
+    return asyncio.run(main())
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    async def operation(runtime) -> int:  # noqa: ANN001
+        queue = runtime.ingress.queue
+        if args.requeue:
+            print(f"requeued {await queue.requeue_dead_letters()} dead-letter entries")
+        else:
+            print(f"{await queue.dead_letters()} dead-letter entries "
+                  f"({await queue.pending()} pending in the ingress queue)")
+        return 0
+
+    return _run_operation(args, "ingress dead-letters", operation)
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    async def main() -> int:
-        runtime = _shared_runtime(args, "audit verify")
-        try:
-            check = await runtime.audit.verify()
-        finally:
-            await runtime.close()
+    async def operation(runtime) -> int:  # noqa: ANN001
+        check = await runtime.audit.verify()
         if not check.ok:
             print(f"audit log BROKEN: {check.problem}", file=sys.stderr)
             return 1
@@ -120,7 +124,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         print(f"audit log OK: {check.entries} entries; head {check.head_seq} {check.head_mac}")
         return 0
 
-    return asyncio.run(main())
+    return _run_operation(args, "audit verify", operation)
 
 
 def cmd_keys_new(args: argparse.Namespace) -> int:

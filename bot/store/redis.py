@@ -120,8 +120,11 @@ class RedisStore:
         try:
             yield lease
         finally:
-            if not lease.released:
-                await self._release(keys=[lease.name], args=[lease.token])
+            await self._release_unless_committed(lease)
+
+    async def _release_unless_committed(self, lease: Lease) -> None:
+        if not lease.released:
+            await self._release(keys=[lease.name], args=[lease.token])
 
     @asynccontextmanager
     async def open_turn(self, key: ConversationKey, *, channel: str, provider_message_id: str,
@@ -139,8 +142,7 @@ class RedisStore:
             session = self._codec.parse_session(found[1]) if found[1] else None
             yield TurnStart(session=session, already_processed=bool(found[2]), lease=lease)
         finally:
-            if not lease.released:
-                await self._release(keys=[lease.name], args=[lease.token])
+            await self._release_unless_committed(lease)
 
     async def commit(self, turn: Turn, *, lease_seconds: float = 30.0,
                      release: Lease | None = None) -> None:
