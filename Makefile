@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint install bench config-check clean
+.PHONY: run test test-rasa lint install bench config-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ lint: $(STAMP)
 test: lint
 	scripts/ensure-chromium.sh
 	scripts/with-redis.sh $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Optional: the Rasa backend against real Rasa servers (Python 3.10 venv .venv-rasa, ~3 GB),
+# and the embedded-vs-Rasa comparison table. Not part of `make test`.
+test-rasa: $(STAMP)
+	scripts/test-rasa.sh
 
 bench: $(STAMP)
 	scripts/with-redis.sh $(BIN)/python benchmarks/pipeline_bench.py

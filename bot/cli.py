@@ -12,6 +12,7 @@ from pathlib import Path
 from bot.config import DEFAULT_CONFIG_DIR, Config, load_config
 from bot.errors import ConfigError, SecretsError
 from bot.logs import configure_logging
+from bot.nlu_commands import add_nlu_commands
 from bot.settings import load_settings
 
 EXIT_CONFIG = 2
@@ -184,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify = with_config(audit_commands.add_parser(
         "verify", help="check the audit chain; prints the head to record elsewhere"))
     verify.set_defaults(handler=cmd_audit_verify, decision_step=None)
+
+    add_nlu_commands(commands, with_config)
 
     keys = commands.add_parser("keys", help="key management")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)

@@ -7,13 +7,21 @@ typo cannot pass silently.
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from bot.errors import ConfigError
 
@@ -77,6 +85,11 @@ class AppConfig(_Model):
 class QueueConfig(_Model):
     display_name: str = Field(min_length=1)
     description: str = ""
+    # What patients are told the team is called, per language (default: display_name).
+    patient_name: dict[str, str] = {}
+
+    def name_for_patients(self, language: str) -> str:
+        return self.patient_name.get(language) or self.display_name
 
 
 class QueuesFile(_Model):
@@ -98,6 +111,13 @@ class Templates(_Model):
     handoff_followup: str
     error_fallback: str
     portal_welcome: str
+    emergency_script: str
+    clinical_ack: str
+    lane_ack: str  # {team}: the queue's display name in the patient's language
+    greeting_reply: str
+    thanks_reply: str
+    goodbye_reply: str
+    out_of_scope_reply: str
 
 
 class MessagesFile(_Model):
@@ -116,6 +136,90 @@ class PatientsFile(_Model):
     patients: list[PatientRecord] = []
 
 
+Language = Literal["en", "es"]
+
+
+def _check_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as err:
+        raise ValueError(f"invalid regular expression: {err.msg}") from None
+    return value
+
+
+class NluThresholds(_Model):
+    # Below this confidence the contact reason is out_of_scope: no script runs on a guess.
+    intent_confidence: float = Field(0.35, ge=0, le=1)
+    # The trained safety component raises the level at these probabilities (recall first).
+    safety_emergency: float = Field(0.5, gt=0, le=1)
+    safety_clinical: float = Field(0.5, gt=0, le=1)
+
+
+class RasaConfig(_Model):
+    url: str = "http://127.0.0.1:5005"
+    timeout_seconds: float = Field(1.5, gt=0, le=30)
+    retries: int = Field(1, ge=0, le=5)
+    breaker_failures: int = Field(5, ge=1, le=1000)
+    breaker_reset_seconds: float = Field(30.0, gt=0)
+
+
+class EntityConfig(_Model):
+    phone_region: str = Field("US", pattern=r"^[A-Z]{2}$")
+    # How an English all-numeric date is read (Spanish is always day first).
+    date_order: Literal["MDY", "DMY"] = "MDY"
+    mrn_patterns: list[Annotated[str, AfterValidator(_check_regex)]] = []
+    account_patterns: list[Annotated[str, AfterValidator(_check_regex)]] = []
+
+
+class NluConfig(_Model):
+    backend: Literal["embedded", "rasa"] = "embedded"
+    # Paths are relative to the project root (the directory above config/).
+    training_data: str = "nlu/data/nlu.yml"
+    heldout_dir: str = "nlu/data/test"
+    languages: list[Language] = ["en", "es"]
+    max_classifier_chars: int = Field(1000, ge=100, le=100_000)
+    thresholds: NluThresholds = NluThresholds()
+    rasa: RasaConfig = RasaConfig()
+    entities: EntityConfig = EntityConfig()
+
+
+def _check_patterns(patterns: list[str]) -> list[str]:
+    from nlu.lexicon import PatternError, compile_pattern, normalise_patterns
+
+    normalised = normalise_patterns(patterns)
+    for index, pattern in enumerate(normalised):
+        try:
+            compile_pattern(pattern)
+        except PatternError as err:
+            raise ValueError(f"pattern {index}: {err}") from None
+    return normalised
+
+
+Patterns = Annotated[list[str], AfterValidator(_check_patterns)]
+
+
+class LexiconCategory(_Model):
+    description: str = ""
+    en: Patterns = []
+    es: Patterns = []
+
+
+class NegationRules(_Model):
+    triggers: Patterns
+    pseudo: Patterns = []
+
+
+class SafetyLexicon(_Model):
+    """config/safety.yml: the safety screen's lexicon (see nlu/lexicon.py for the syntax)."""
+
+    emergency: dict[str, LexiconCategory]
+    clinical: dict[str, LexiconCategory]
+    negation: dict[Language, NegationRules]
+    terminators: dict[Language, Patterns] = {}
+    third_party: dict[Language, Patterns] = {}
+    historical: dict[Language, Patterns] = {}
+
+
 class Config(_Model):
     directory: str
     app: AppConfig
@@ -123,6 +227,16 @@ class Config(_Model):
     intents: dict[str, IntentConfig]
     messages: dict[str, Templates]
     patients: list[PatientRecord]
+    nlu: NluConfig = NluConfig()
+    safety: SafetyLexicon | None = None
+
+    @property
+    def project_root(self) -> Path:
+        return Path(self.directory).resolve().parent
+
+    def lane_of(self, intent: str) -> str | None:
+        spec = self.intents.get(intent)
+        return spec.lane if spec else None
 
     def text(self, name: str, language: str | None = None) -> str:
         """A patient-facing template in `language`, falling back to the default language."""
@@ -146,18 +260,26 @@ _FILES: dict[str, tuple[type[_Model], bool]] = {
     "intents.yml": (IntentsFile, True),
     "messages.yml": (MessagesFile, True),
     "patients.yml": (PatientsFile, False),
+    "nlu.yml": (NluConfig, False),
+    "safety.yml": (SafetyLexicon, True),
 }
 
 
 class _Loader(yaml.SafeLoader):
     """Safe YAML without implicit timestamps: dates stay strings so that pydantic validates
-    them and an impossible date is reported with its key path."""
+    them and an impossible date is reported with its key path. Booleans are only true/false
+    (YAML 1.2): in YAML 1.1 a lexicon word such as `no` or `on` would silently become a
+    boolean."""
 
 
+_BOOL = "tag:yaml.org,2002:bool"
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if tag not in ("tag:yaml.org,2002:timestamp", _BOOL)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
 
 
 def _key_path(loc: tuple[Any, ...]) -> str:
@@ -233,4 +355,5 @@ def load_config(directory: Path | str | None = None) -> Config:
             raise ConfigError("patients.yml", f"patients.{index}.id", "duplicate patient id")
         seen.add(patient.id)
     return Config(directory=str(root), app=app, queues=queues, intents=intents,
-                  messages=messages, patients=patients)
+                  messages=messages, patients=patients, nlu=loaded["nlu.yml"],
+                  safety=loaded["safety.yml"])

@@ -15,7 +15,7 @@ import structlog
 
 from bot.audit import AuditChain, AuditLog, MemoryAuditLog, RedisAuditLog
 from bot.config import Config
-from bot.decision import DecisionStep, FrontDeskHandoff
+from bot.decision import DecisionStep
 from bot.identity import ConfigPatientDirectory, PatientDirectory
 from bot.ingress import Ingress, IngressQueue, MemoryIngressQueue, RedisIngressQueue
 from bot.outbox import OutboxDispatcher
@@ -35,9 +35,11 @@ DecisionFactory = Callable[[Config], DecisionStep]
 
 
 def load_decision_step(spec: str | None) -> DecisionFactory:
-    """`module:attribute` naming a factory taking the Config (default: FrontDeskHandoff)."""
+    """`module:attribute` naming a factory taking the Config (default: NLU triage)."""
     if not spec:
-        return FrontDeskHandoff
+        from bot.triage import NluTriage
+
+        return NluTriage
     module_name, _, attribute = spec.partition(":")
     return getattr(importlib.import_module(module_name), attribute)
 
@@ -74,7 +76,7 @@ class Runtime:
 
     @classmethod
     def build(cls, config: Config, settings: Settings, *,
-              decision_step: DecisionFactory = FrontDeskHandoff) -> Runtime:
+              decision_step: DecisionFactory | None = None) -> Runtime:
         keys = settings.keys
         limits = config.app.limits
         store_options = {"dedupe_ttl": limits.dedupe_ttl_hours * HOUR,
@@ -104,13 +106,14 @@ class Runtime:
         channels = ChannelRegistry()
         channels.register(PortalAdapter(store))
         lease = config.app.workers.lock_ttl_seconds
+        step = decision_step or load_decision_step(None)
         return cls(
             config=config,
             settings=settings,
             store=store,
             ingress=ingress,
             pipeline=Pipeline(config=config, store=store, ingress=ingress, audit=audit,
-                              decision_step=decision_step(config)),
+                              decision_step=step(config)),
             dispatcher=OutboxDispatcher(store, channels, audit, lease_seconds=lease),
             channels=channels,
             directory=ConfigPatientDirectory(config.patients),

@@ -35,6 +35,9 @@ class HandoffNote:
     callback_window: str
     unresolved: str
     summary: str = ""
+    # What the NLU decided and why, as codes (intent, confidence, safety level and cue
+    # categories, language, classifier backend); never patient text.
+    triage: str = ""
 
 
 @dataclass(slots=True)

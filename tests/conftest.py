@@ -19,6 +19,7 @@ import redis.asyncio as redis
 
 from bot.config import Config, load_config
 from bot.crypto import KeyMaterial, load_key_material, new_key
+from bot.decision import FrontDeskHandoff
 from bot.ingress import MemoryIngressQueue, RedisIngressQueue
 from bot.runtime import Runtime
 from bot.settings import Settings
@@ -131,7 +132,9 @@ def settings(backend: str, keys: KeyMaterial, prefix: str, redis_client: redis.R
 
 @pytest.fixture
 async def runtime(config: Config, settings: Settings) -> AsyncIterator[Runtime]:
-    rt = Runtime.build(config, settings)
+    # Pipeline mechanics are tested with the fixed front-desk step; NLU triage has its own
+    # tests (tests/integration/test_triage.py).
+    rt = Runtime.build(config, settings, decision_step=FrontDeskHandoff)
     yield rt
     await rt.close()
 

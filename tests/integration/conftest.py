@@ -13,6 +13,7 @@ import uvicorn
 
 from bot.app import create_app
 from bot.config import load_config
+from bot.decision import FrontDeskHandoff
 from bot.runtime import Runtime
 from bot.settings import Settings
 from tests.conftest import free_port
@@ -47,7 +48,7 @@ class Live:
 
 @pytest.fixture
 async def live(config_dir: Path, settings: Settings) -> AsyncIterator[Live]:
-    runtime = Runtime.build(load_config(config_dir), settings)
+    runtime = Runtime.build(load_config(config_dir), settings, decision_step=FrontDeskHandoff)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(runtime, workers=1), host="127.0.0.1",
                                            port=port, log_config=None, lifespan="on",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bot.config import load_config
 from bot.crypto import load_key_material
+from bot.decision import FrontDeskHandoff
 from bot.envelopes import Inbound
 from bot.runtime import Runtime
 from bot.settings import Settings
@@ -22,6 +23,8 @@ def start_worker(config_dir: Path, env: dict[str, str], *, hanging: bool) -> sub
     args = [sys.executable, "-m", "bot.cli", "worker", "--config", str(config_dir)]
     if hanging:
         args += ["--decision-step", "tests.support.hanging_step:HangingStep"]
+    else:
+        args += ["--decision-step", "bot.decision:FrontDeskHandoff"]
     return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
 
@@ -46,7 +49,8 @@ async def test_killed_worker_message_is_finished_by_another_with_one_reply(
            "PATIENTBOT_TEST_MARKER": str(marker)}
     config = load_config(config_dir)
     runtime = Runtime.build(config, Settings(redis_url=redis_url(), redis_prefix=prefix,
-                                             keys=load_key_material(secrets, tmp_path)))
+                                             keys=load_key_material(secrets, tmp_path)),
+                            decision_step=FrontDeskHandoff)
     conv = runtime.ingress.conversation_key("portal", "P1001").id
     doomed = start_worker(config_dir, env, hanging=True)
     rescuer = None

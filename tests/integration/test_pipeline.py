@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from bot.config import load_config
-from bot.decision import FOLLOWUP_ACK_INTERVAL
+from bot.decision import FOLLOWUP_ACK_INTERVAL, FrontDeskHandoff
 from bot.envelopes import Inbound
 from bot.logs import configure_logging
 from bot.runtime import Runtime
@@ -199,7 +199,7 @@ async def test_an_entry_that_cannot_be_opened_is_set_aside(runtime) -> None:
 async def test_high_concurrency_does_not_exhaust_the_redis_pool(config_dir, settings, backend,
                                                                 edit_config) -> None:
     edit_config("concurrency: 32", "concurrency: 256")
-    runtime = Runtime.build(load_config(config_dir), settings)
+    runtime = Runtime.build(load_config(config_dir), settings, decision_step=FrontDeskHandoff)
     errors_before = _pipeline_errors()
     try:
         for i in range(600):
@@ -269,7 +269,7 @@ async def test_an_earlier_message_reclaimed_after_a_later_one_is_not_lost(runtim
 async def test_a_message_past_the_order_wait_is_processed_not_dropped(config_dir, settings,
                                                                     edit_config) -> None:
     edit_config("order_wait_seconds: 60", "order_wait_seconds: 0.3")
-    runtime = Runtime.build(load_config(config_dir), settings)
+    runtime = Runtime.build(load_config(config_dir), settings, decision_step=FrontDeskHandoff)
     try:
         await runtime.ingress.submit(portal_message("first", client_id="first-1"))
         await runtime.ingress.queue.read("dead-worker", count=1, block=0.1)  # stuck for now

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 
 from bot.app import create_app
+from bot.decision import FrontDeskHandoff
 from bot.runtime import Runtime
 from bot.settings import Settings
 from tests.conftest import free_port
@@ -13,7 +14,7 @@ from tests.conftest import free_port
 async def test_redis_outage_gives_503_and_not_ready(config, keys, prefix) -> None:
     settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_prefix=prefix,
                         keys=keys)
-    runtime = Runtime.build(config, settings)
+    runtime = Runtime.build(config, settings, decision_step=FrontDeskHandoff)
     app = create_app(runtime, workers=0)
     try:
         # The server (uvicorn) would log the re-raised error; here it is the test's to ignore.
