@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-rasa lint install bench config-check clean
+.PHONY: run test test-rasa lint install bench bench-nlu config-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test-rasa: $(STAMP)
 
 bench: $(STAMP)
 	scripts/with-redis.sh $(BIN)/python benchmarks/pipeline_bench.py
+
+# NLU latency, throughput, training time and memory (no Redis needed).
+bench-nlu: $(STAMP)
+	$(BIN)/python benchmarks/nlu_bench.py
 
 config-check: $(STAMP)
 	$(BIN)/patientbot config check

@@ -3,7 +3,8 @@
 What is measured
     Portal-like `Inbound` envelopes go through `runtime.ingress.submit` (sealed, appended to
     the ingress queue) and are processed by real `Worker`s: dedupe, conversation lock,
-    session, decision step (the default front-desk handoff), atomic commit, outbox delivery
+    session, decision step (the fixed front-desk handoff; the NLU is measured by
+    benchmarks/nlu_bench.py), atomic commit, outbox delivery
     through the portal adapter into the patient's mailbox. The portal adapter is wrapped to
     note the wall-clock time each reply is delivered; a message's latency is from
     `Inbound.received_at` (the submit time, or the scheduled time under paced load) to the
@@ -69,6 +70,7 @@ import redis.asyncio as redis
 
 from bot.config import load_config
 from bot.crypto import new_key
+from bot.decision import FrontDeskHandoff
 from bot.envelopes import Inbound, Outbound
 from bot.logs import configure_logging
 from bot.runtime import Runtime
@@ -128,7 +130,8 @@ def bench_env(redis_url: str | None, prefix: str) -> dict[str, str]:
 def build_runtime(env: dict[str, str]) -> Runtime:
     """The real Runtime, from the repository config and settings read from `env`."""
     config = load_config(CONFIG_DIR)
-    return Runtime.build(config, load_settings(config, env))
+    # The pipeline's own cost: the NLU has its own benchmark (benchmarks/nlu_bench.py).
+    return Runtime.build(config, load_settings(config, env), decision_step=FrontDeskHandoff)
 
 
 def quiet_logging() -> None:

@@ -191,7 +191,7 @@ def _check_patterns(patterns: list[str]) -> list[str]:
         try:
             compile_pattern(pattern)
         except PatternError as err:
-            raise ValueError(f"pattern {index}: {err}") from None
+            raise ValueError(f"pattern {index} ({pattern[:60]!r}): {err}") from None
     return normalised
 
 

@@ -84,6 +84,12 @@ class EmbeddedModel:
             for tokens in sentences(example.text) for token in tokens)
         return cls(vectorizer, intents, safety, known, dict(data.lookups), fingerprint)
 
+    @property
+    def vocabulary(self) -> frozenset[str]:
+        """Single words the classifier knows (folded): the training data's vocabulary."""
+        words = self.vectorizer.transformer_list[0][1].vocabulary_
+        return frozenset(word for word in words if " " not in word)
+
     def predict(self, texts: Sequence[str]) -> list[tuple[IntentPrediction, ModelScores]]:
         features = self.vectorizer.transform(texts)
         intent_probs = self.intents.predict_proba(features)

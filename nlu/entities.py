@@ -80,6 +80,7 @@ _BIRTH_CONTEXT = re.compile(
     r"(?:dob|d\.o\.b|birth|born|birthday|b-day|bday|nacimiento|naci|nacio|cumpleanos|"
     r"fecha de nac)\W{0,3}(?:\w+\W+){0,3}$")
 _DOB_MIN_AGE_YEARS = 12
+_MIN_PHONE_DIGITS = 7
 
 
 def _fold_char(char: str) -> str:
@@ -197,7 +198,9 @@ class EntityExtractor:
         return found
 
     def _phones(self, text: str) -> list[Entity]:
-        found = []
+        found: list[Entity] = []
+        if sum(char.isdigit() for char in text) < _MIN_PHONE_DIGITS:
+            return found  # the matcher is slow; most messages have no phone number
         for match in phonenumbers.PhoneNumberMatcher(text, self._region):
             value = phonenumbers.format_number(match.number,
                                                phonenumbers.PhoneNumberFormat.E164)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import Any
 
 from nlu.base import OUT_OF_SCOPE, ParseResult, SafetyLevel
 from nlu.data import Example, TrainingData, read_heldout
-from nlu.service import NluService, load_training_data, train_model
+from nlu.service import NluService, load_training_data, project_path, train_model
 
 Metrics = dict[str, Any]
 
@@ -203,37 +202,32 @@ def fold_indices(examples: Sequence[Example], folds: int) -> list[list[int]]:
     pairs = [f"{e.intent}|{e.safety.value}" for e in examples]
     counts = Counter(pairs)
     strata = [p if counts[p] >= folds else e.intent for p, e in zip(pairs, examples, strict=True)]
-    intents = Counter(strata)
-    strata = [s if intents[s] >= folds else "rare" for s in strata]
+    sizes = Counter(strata)
+    strata = [s if sizes[s] >= folds else "rare" for s in strata]
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
     return [test.tolist() for _, test in splitter.split(strata, strata)]
 
 
-def _fold(config: Any, data: TrainingData, held_back: list[int]) -> list[ParseResult]:
-    """Train without the held-back examples and parse them (runs in a worker process)."""
-    skip = set(held_back)
-    subset = TrainingData(examples=[e for i, e in enumerate(data.examples) if i not in skip],
-                          lookups=data.lookups, synonyms=data.synonyms, regexes=data.regexes)
-    service = NluService(config, train_model(config, subset))
-    return service.parse_batch([data.examples[i].text for i in held_back])
-
-
 def cross_validate(config: Any, data: TrainingData, folds: int) -> list[Outcome]:
-    """Every training example parsed by a model that did not see it, in data order. Folds
-    train in parallel, one process per CPU."""
-    from joblib import Parallel, delayed
+    """Every training example parsed by a model that did not see it, in data order.
 
-    splits = fold_indices(data.examples, folds)
-    jobs = min(len(splits), os.cpu_count() or 1)
-    answers = Parallel(n_jobs=jobs)(delayed(_fold)(config, data, test) for test in splits)
+    Folds run one after another in this process: with ~2-3 s of training per fold, worker
+    processes cost as much as they save on two cores (start-up, and each one warming up the
+    language detector), measured."""
     results: dict[int, ParseResult] = {}
-    for test, parsed in zip(splits, answers, strict=True):
-        results.update(zip(test, parsed, strict=True))
+    for held_back in fold_indices(data.examples, folds):
+        skip = set(held_back)
+        subset = TrainingData(
+            examples=[e for i, e in enumerate(data.examples) if i not in skip],
+            lookups=data.lookups, synonyms=data.synonyms, regexes=data.regexes)
+        service = NluService(config, train_model(config, subset))
+        parsed = service.parse_batch([data.examples[i].text for i in held_back])
+        results.update(zip(held_back, parsed, strict=True))
     return score(data.examples, [results[i] for i in range(len(data.examples))])
 
 
 def heldout_examples(config: Any) -> list[Example]:
-    return read_heldout(config.project_root / config.nlu.heldout_dir)
+    return read_heldout(project_path(config, config.nlu.heldout_dir))
 
 
 def evaluate_heldout(service: NluService, examples: Sequence[Example]) -> list[Outcome]:
@@ -277,11 +271,11 @@ def _number(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, css: str = "") -> str:
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_number(cell))}</td>" for cell in row)
                    + "</tr>" for row in rows)
-    return f'<table class="{css}"><tr>{head}</tr>{body}</table>'
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _image(path: Path) -> str:
@@ -297,7 +291,8 @@ def _rows_table(rows: list[dict[str, Any]], columns: Sequence[str], empty: str) 
     return _table(columns, cells)
 
 
-def _section(title: str, metrics: Metrics, image: Path | None, *, intent_scope: str) -> str:
+def _section(title: str, metrics: Metrics, image: Path | None, *, intent_scope: str,
+             lists: bool = True) -> str:
     safety, intent = metrics["safety"], metrics["intent"]
     levels = safety["levels"]
     parts = [
@@ -325,6 +320,8 @@ def _section(title: str, metrics: Metrics, image: Path | None, *, intent_scope: 
     ]
     if image is not None:
         parts.append(_image(image))
+    if not lists:
+        return "\n".join(parts)
     parts += [
         "<h3>Clinical or emergency messages let through as non-clinical</h3>",
         _rows_table(metrics["missed_clinical"], ["text", "expected_safety", "intent", "source"],
@@ -342,7 +339,8 @@ def _section(title: str, metrics: Metrics, image: Path | None, *, intent_scope: 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; max-width: 1200px; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top;
+         white-space: pre-wrap; }
 th { background: #f2f2f2; }
 .alarm { border: 3px solid #b00020; background: #fdecee; padding: 0.5em 1em; }
 .alarm h2 { color: #b00020; }
@@ -383,7 +381,7 @@ def render_html(results: Metrics, images: dict[str, Path]) -> str:
     ]
     for language, metrics in languages.items():
         parts.append(_section(f"Held-out sets: {language}", metrics, None,
-                              intent_scope=f"non-clinical {language} examples"))
+                              intent_scope=f"non-clinical {language} examples", lists=False))
     if cv:
         parts.append(_section(f"Cross-validation ({results['folds']} folds)", cv,
                               images.get("cv"), intent_scope="every training example"))

@@ -1,16 +1,21 @@
 """Which language a message is in (lingua: offline, built for short texts).
 
-Short patient messages are hard ("ok", "necesito un refill"), so the decision is in two steps:
-another language is reported only when lingua is confident about it (or the text is in a
-non-Latin script); otherwise the answer is English or Spanish, whichever a detector limited to
-those two prefers, and the conversation's language when the text has too few letters to tell.
+Short patient messages are hard ("ok", "necesito un refill"): another language is reported
+only when the text is long enough, is not mostly words of the training data, and lingua is
+confident about it (or the text is in a non-Latin script); otherwise the answer is English or
+Spanish, whichever a detector limited to those two prefers, and the conversation's language
+when the text is too short or the detector unsure.
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
+from collections.abc import Iterable
 
 from lingua import Language, LanguageDetectorBuilder
+
+from nlu.text import fold
 
 _SUPPORTED = {"en": Language.ENGLISH, "es": Language.SPANISH}
 # Languages most often needed by patients in the US after English and Spanish (interpreter
@@ -23,8 +28,13 @@ _OTHERS = [
     Language.BENGALI, Language.PUNJABI, Language.SWAHILI,
 ]
 _MIN_LETTERS = 3
-_OTHER_MIN_LETTERS = 20
-_OTHER_MIN_CONFIDENCE = 0.8
+_OTHER_MIN_LETTERS = 12  # shorter texts: only English or Spanish is decided
+_OTHER_MIN_CONFIDENCE = 0.7
+_FAMILIAR_SHARE = 0.6
+_PAIR_SURE_LONG = 0.55
+_PAIR_SURE_SHORT = 0.75  # "ok", "thx", "refill": keep the conversation's language
+_WORDS = re.compile(r"[^\W\d_]+")
+_SAMPLE_CHARS = 400
 
 
 def _code(language: Language) -> str:
@@ -40,26 +50,39 @@ def _non_latin_share(text: str) -> float:
 
 
 class LanguageDetector:
-    def __init__(self, supported: list[str]) -> None:
+    def __init__(self, supported: list[str], *, vocabulary: Iterable[str] = ()) -> None:
+        """`vocabulary`: words of the (English and Spanish) training data, folded. A message
+        made mostly of them is English or Spanish, and the costlier check for other languages
+        is skipped."""
         self._supported = [code for code in supported if code in _SUPPORTED]
+        self._vocabulary = frozenset(vocabulary)
         pair = [_SUPPORTED[code] for code in self._supported] or [Language.ENGLISH]
-        self._pair = LanguageDetectorBuilder.from_languages(*pair, Language.LATIN) \
-            .build() if len(pair) == 1 else LanguageDetectorBuilder.from_languages(*pair) \
-            .build()
+        # The pair's models are small and used for nearly every message: load them now.
+        builder = LanguageDetectorBuilder.from_languages(
+            *pair, *([Language.LATIN] if len(pair) == 1 else []))
+        self._pair = builder.with_preloaded_language_models().build()
         self._all = LanguageDetectorBuilder.from_languages(
             *{*_SUPPORTED.values(), *_OTHERS}).build()
 
+    def _familiar(self, text: str) -> bool:
+        words = _WORDS.findall(fold(text))
+        if not self._vocabulary or not words:
+            return False
+        return sum(word in self._vocabulary for word in words) / len(words) >= _FAMILIAR_SHARE
+
     def detect(self, text: str, *, default: str = "en") -> str:
+        text = text[:_SAMPLE_CHARS]
         letters = sum(1 for char in text if char.isalpha())
         if letters < _MIN_LETTERS:
             return default
-        if _non_latin_share(text) > 0.5 or letters >= _OTHER_MIN_LETTERS:
+        non_latin = _non_latin_share(text) > 0.5
+        if non_latin or (letters >= _OTHER_MIN_LETTERS and not self._familiar(text)):
             best = self._all.compute_language_confidence_values(text)[0]
             code = _code(best.language)
-            if code not in self._supported and (
-                    best.value >= _OTHER_MIN_CONFIDENCE or _non_latin_share(text) > 0.5):
+            if code in self._supported or best.value >= _OTHER_MIN_CONFIDENCE or non_latin:
                 return code
         if len(self._supported) < 2:
-            return self._supported[0] if self._supported else default
+            return (self._supported or [default])[0]
         best = self._pair.compute_language_confidence_values(text)[0]
-        return _code(best.language) if best.value >= 0.55 or letters >= 12 else default
+        sure = _PAIR_SURE_LONG if letters >= _OTHER_MIN_LETTERS else _PAIR_SURE_SHORT
+        return _code(best.language) if best.value >= sure else default

@@ -4,22 +4,26 @@ A pattern is lowercase words separated by spaces, matched against normalised tex
 apostrophes and punctuation removed, see `sentences`):
 - `(a|b c|)`  alternatives, each one or more words; an empty alternative makes it optional
 - `word*`     any word starting with `word`
-- `...`       a gap of 0 to 3 other words
+- `...`       a gap of 0 to 4 other words
+- `#`         a number ("took # pills" matches "took 30 pills")
 Nothing else, so admins cannot write a regular expression that is slow or matches everything.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Generic, TypeVar
 
 from rapidfuzz import process
-from rapidfuzz.distance import DamerauLevenshtein
+from rapidfuzz.distance import OSA
 
 from nlu.text import fold
 
+T = TypeVar("T")
 GAP = "..."
-GAP_WORDS = 3
+NUMBER = "#"
+GAP_WORDS = 4
 _WORD = re.compile(r"^[a-z0-9]+\*?$")
 _APOSTROPHES = re.compile(r"['’`´ʼ]")
 _SENTENCE_BREAK = re.compile(r"[.!?;:\n]+")
@@ -33,6 +37,8 @@ class PatternError(ValueError):
 
 
 def _word_regex(word: str) -> str:
+    if word == NUMBER:
+        return r"\d+"
     if not _WORD.match(word):
         raise PatternError(f"invalid word {word!r} (use lowercase letters and digits, "
                            f"optionally ending in *)")
@@ -72,7 +78,7 @@ def _items(pattern: str) -> list[str]:
                 end += 1
             items.append(text[position:end])
             position = end
-    if all(item == GAP for item in items):
+    if all(item in (GAP, NUMBER) for item in items):
         raise PatternError("a pattern needs at least one word")
     return items
 
@@ -97,15 +103,82 @@ def compile_pattern(pattern: str) -> str:
     return r"(?<!\S)" + "".join(fragments)
 
 
+def prefix_stems(pattern: str) -> set[str]:
+    return {word[:-1] for word in re.findall(r"[a-z0-9]+\*", pattern)}
+
+
 def literal_words(pattern: str) -> set[str]:
     """Whole words a pattern names: the targets of misspelling correction."""
     words = set(re.findall(r"[a-z0-9*]+", pattern))
     return {word for word in words if not word.endswith("*") and word.isalpha()}
 
 
-def compile_any(patterns: Iterable[str]) -> re.Pattern[str] | None:
-    sources = [compile_pattern(pattern) for pattern in patterns]
-    return re.compile("|".join(f"(?:{source})" for source in sources)) if sources else None
+def anchors(pattern: str) -> tuple[frozenset[str], frozenset[str]]:
+    """Words (and word prefixes) of which a matching sentence must contain at least one,
+    taken from the most selective required word or group (longest words: "chest" rather than
+    "my"). The screen tries a pattern only on sentences that contain an anchor."""
+    best: list[str] = []
+    best_length = 0
+    for item in _items(pattern):
+        if item in (GAP, NUMBER):
+            continue
+        alternatives = item[1:-1].split("|") if item.startswith("(") else [item]
+        if any(not alt.strip() for alt in alternatives):
+            continue  # optional: not required
+        # Every word of an alternative is required; its longest one is the most selective.
+        chosen = [max((w for w in alt.split() if w != NUMBER), key=lambda w: len(w.rstrip("*")),
+                      default="") for alt in alternatives]
+        if "" in chosen:
+            continue
+        length = min(len(word.rstrip("*")) for word in chosen)
+        if length > best_length:
+            best, best_length = chosen, length
+    return (frozenset(w for w in best if not w.endswith("*")),
+            frozenset(w[:-1] for w in best if w.endswith("*")))
+
+
+class PatternSet(Generic[T]):
+    """Compiled patterns, each with a payload, indexed by their anchor words: a sentence is
+    matched only against patterns whose anchor it contains. (One big alternation is many
+    times slower in Python's `re`.)"""
+
+    def __init__(self, entries: Iterable[tuple[str, T]]) -> None:
+        self._entries: list[tuple[re.Pattern[str], T]] = []
+        self._by_word: dict[str, list[int]] = {}
+        self._by_prefix: dict[str, list[tuple[str, int]]] = {}
+        self._always: list[int] = []
+        for index, (pattern, payload) in enumerate(entries):
+            self._entries.append((re.compile(compile_pattern(pattern)), payload))
+            words, prefixes = anchors(pattern)
+            if not words and not prefixes:
+                self._always.append(index)
+            for word in words:
+                self._by_word.setdefault(word, []).append(index)
+            for prefix in prefixes:
+                self._by_prefix.setdefault(prefix[:3], []).append((prefix, index))
+
+    def _candidates(self, tokens: list[str]) -> list[int]:
+        found = set(self._always)
+        for token in set(tokens):
+            found.update(self._by_word.get(token, ()))
+            for prefix, index in self._by_prefix.get(token[:3], ()):
+                if token.startswith(prefix):
+                    found.add(index)
+        return sorted(found)
+
+    def matches(self, tokens: list[str]) -> Iterator[tuple[re.Match[str], T]]:
+        """Matches in pattern order; match offsets index `" ".join(tokens) + " "`."""
+        candidates = self._candidates(tokens)
+        if not candidates:
+            return
+        line = " ".join(tokens) + " "
+        for index in candidates:
+            regex, payload = self._entries[index]
+            for match in regex.finditer(line):
+                yield match, payload
+
+    def search(self, tokens: list[str]) -> bool:
+        return next(self.matches(tokens), None) is not None
 
 
 def normalise_patterns(patterns: Iterable[str]) -> list[str]:
@@ -125,18 +198,35 @@ def sentences(text: str) -> list[list[str]]:
     return result
 
 
-class SpellingCorrector:
-    """Maps a misspelt word onto a lexicon word (Damerau-Levenshtein distance 1, or 2 for long
-    words) so that "breathe", "brethe" and "seizure"/"seziure" fire the same cue. Words seen in
-    ordinary non-clinical training messages are never corrected, so "cooking" does not become
-    "choking"."""
+def _limit(length: int) -> int:
+    return 2 if length >= _LONG_WORD else 1
 
-    def __init__(self, vocabulary: Iterable[str], *, known: Iterable[str] = ()) -> None:
+
+class SpellingCorrector:
+    """Maps a misspelt word onto a lexicon word (edit distance with transpositions: 1, or 2
+    for long words) so that "brethe" and "seziure" fire like "breathe" and "seizure". Words
+    seen in ordinary non-clinical training messages are never corrected, so "cooking" does
+    not become "choking"."""
+
+    def __init__(self, vocabulary: Iterable[str], *, known: Iterable[str] = (),
+                 prefixes: Iterable[str] = ()) -> None:
+        """`prefixes`: stems of `word*` patterns; a token they match is already a lexicon
+        word ("slurring" for `slurr*`) and is not "corrected" into another one."""
         self._vocabulary = frozenset(vocabulary)
         self._known = frozenset(known) | self._vocabulary
-        self._by_length: dict[int, list[str]] = {}
+        self._prefixes = tuple(sorted(set(prefixes)))
+        by_length: dict[int, list[str]] = {}
         for word in self._vocabulary:
-            self._by_length.setdefault(len(word), []).append(word)
+            by_length.setdefault(len(word), []).append(word)
+        # Candidates by (token length, letter): lexicon words close enough in length that
+        # share the token's first or second letter (typos rarely change both).
+        self._candidates: dict[tuple[int, str], list[str]] = {}
+        for length in range(_MIN_FUZZY_LENGTH, max(by_length, default=0) + 3):
+            limit = _limit(length)
+            for word in (w for other in range(length - limit, length + limit + 1)
+                         for w in by_length.get(other, ())):
+                for letter in {word[0], word[1]}:
+                    self._candidates.setdefault((length, letter), []).append(word)
         self._cache: dict[str, str] = {}
 
     def correct(self, token: str) -> str:
@@ -145,11 +235,14 @@ class SpellingCorrector:
         cached = self._cache.get(token)
         if cached is not None:
             return cached
-        limit = 2 if len(token) >= _LONG_WORD else 1
-        candidates = [word for length in range(len(token) - limit, len(token) + limit + 1)
-                      for word in self._by_length.get(length, ())]
-        match = process.extractOne(token, candidates, scorer=DamerauLevenshtein.distance,
-                                   score_cutoff=limit)
+        if token.startswith(self._prefixes):
+            self._cache[token] = token
+            return token
+        length = len(token)
+        candidates = {*self._candidates.get((length, token[0]), ()),
+                      *self._candidates.get((length, token[1]), ())}
+        match = process.extractOne(token, candidates, scorer=OSA.distance,
+                                   score_cutoff=_limit(length))
         best = match[0] if match else token
         if len(self._cache) > 100_000:
             self._cache.clear()

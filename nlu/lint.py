@@ -36,7 +36,7 @@ class Finding:
     level: str
     check: str
     message: str
-    examples: tuple[str, ...] = ()
+    lines: tuple[str, ...] = ()  # shown under the message, one per line
 
 
 def normalise(text: str) -> str:
@@ -54,11 +54,11 @@ def duplicates(examples: Sequence[Example]) -> list[Finding]:
     for key, counts in intents.items():
         if len(counts) > 1:
             findings.append(Finding(ERROR, "conflict", "same text under intents "
-                                    + ", ".join(sorted(counts)), (first[key],)))
+                                    + ", ".join(sorted(counts)), (repr(first[key]),)))
         for intent, count in counts.items():
             if count > 1:
                 findings.append(Finding(WARNING, "duplicate",
-                                        f"{count} times under {intent}", (first[key],)))
+                                        f"{count} times under {intent}", (repr(first[key]),)))
     return findings
 
 
@@ -79,7 +79,7 @@ def near_duplicates(examples: Sequence[Example]) -> list[Finding]:
             if i < j and short >= NEAR_DUPLICATE_LENGTH * long:
                 findings.append(Finding(WARNING, "near-duplicate",
                                         f"under {intent} (score {scores[i, j]:.0f})",
-                                        (texts[i], texts[j])))
+                                        (repr(texts[i]), repr(texts[j]))))
     return findings
 
 
@@ -116,8 +116,8 @@ def cv_disagreements(config: Any, data: TrainingData, folds: int) -> list[Findin
     for outcome in cross_validate(config, data, folds):
         if outcome.predicted_intent != outcome.example.intent:
             wrong[outcome.example.intent].append(
-                f"{outcome.example.text}  -> {outcome.predicted_intent} "
-                f"({outcome.confidence:.2f})")
+                f"-> {outcome.predicted_intent} ({outcome.confidence:.2f}): "
+                f"{outcome.example.text!r}")
     return [Finding(WARNING, "cross-validation",
                     f"{len(texts)} {intent} example(s) assigned to another intent",
                     tuple(texts)) for intent, texts in sorted(wrong.items())]
@@ -135,7 +135,7 @@ def report(findings: Sequence[Finding], counts: dict[str, Counter[str]],
     for level in (ERROR, WARNING):
         for finding in (f for f in findings if f.level == level):
             lines.append(f"{level.upper():<8}{finding.check}: {finding.message}")
-            lines.extend(f"          {text!r}" for text in finding.examples)
+            lines.extend(f"          {line}" for line in finding.lines)
     errors = sum(f.level == ERROR for f in findings)
     lines.append(f"{errors} error(s), {len(findings) - errors} warning(s)")
     return "\n".join(lines)
@@ -154,7 +154,10 @@ def run_checks(config: Any, *, folds: int) -> int:
     findings = [*duplicates(data.examples), *near_duplicates(data.examples),
                 *intent_coverage(config.intents, data), *thin_intents(counts, languages)]
     if folds >= 2:
-        findings += cv_disagreements(config, data, folds)
+        try:
+            findings += cv_disagreements(config, data, folds)
+        except ValueError as err:  # too few examples or intents to split and train on
+            findings.append(Finding(WARNING, "cross-validation", f"not run: {err}"))
     print(f"{path}: {len(data.examples)} examples, {len(data.intents)} intents")
     print(report(findings, counts, languages))
     return 1 if any(f.level == ERROR for f in findings) else 0

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from nlu.base import SafetyLevel, SafetyResult
-from nlu.lexicon import SpellingCorrector, compile_any, literal_words, sentences
+from nlu.lexicon import (
+    PatternSet,
+    SpellingCorrector,
+    literal_words,
+    prefix_stems,
+    sentences,
+)
 
 NEGATION_REACH = 4  # words between a negation and the cue it negates
 # A subject between a negation and a cue starts a new statement: "no, I can't breathe",
@@ -35,7 +41,6 @@ _SUBJECTS = frozenset({
 class _Cue:
     level: SafetyLevel
     category: str
-    regex: re.Pattern[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +49,10 @@ class ModelScores:
 
     emergency: float
     clinical: float
+
+
+def _phrases(patterns: Iterable[str]) -> PatternSet[None]:
+    return PatternSet((pattern, None) for pattern in patterns)
 
 
 def _languages(section: Any) -> Iterable[str]:
@@ -58,55 +67,47 @@ def _languages(section: Any) -> Iterable[str]:
 class LexiconScreen:
     def __init__(self, lexicon: Any, *, known_words: Iterable[str] = ()) -> None:
         """`lexicon` is the validated config/safety.yml (`bot.config.SafetyLexicon`)."""
-        self._cues: list[_Cue] = []
-        vocabulary: set[str] = set()
-        for level, categories in ((SafetyLevel.EMERGENCY, lexicon.emergency),
-                                  (SafetyLevel.CLINICAL, lexicon.clinical)):
-            for name, category in categories.items():
-                patterns = [*category.en, *category.es]
-                regex = compile_any(patterns)
-                if regex is not None:
-                    self._cues.append(_Cue(level, name, regex))
-                for pattern in patterns:
-                    vocabulary |= literal_words(pattern)
-        self._negation = compile_any(
-            t for rules in lexicon.negation.values() for t in rules.triggers)
-        self._pseudo = compile_any(
-            p for rules in lexicon.negation.values() for p in rules.pseudo)
+        # Emergency patterns first, so a sentence's emergency cue is judged before its
+        # clinical ones.
+        entries = [(pattern, _Cue(level, name))
+                   for level, categories in ((SafetyLevel.EMERGENCY, lexicon.emergency),
+                                             (SafetyLevel.CLINICAL, lexicon.clinical))
+                   for name, category in categories.items()
+                   for pattern in [*category.en, *category.es]]
+        self._cues = PatternSet(entries)
+        self._negation = _phrases(t for rules in lexicon.negation.values()
+                                  for t in rules.triggers)
+        self._pseudo = _phrases(p for rules in lexicon.negation.values() for p in rules.pseudo)
         self._terminators = frozenset(
             word for words in lexicon.terminators.values() for word in words)
-        self._third_party = compile_any(_languages(lexicon.third_party))
-        self._historical = compile_any(_languages(lexicon.historical))
-        self._corrector = SpellingCorrector(vocabulary, known=known_words)
+        self._third_party = _phrases(_languages(lexicon.third_party))
+        self._historical = _phrases(_languages(lexicon.historical))
+        vocabulary = {word for pattern, _ in entries for word in literal_words(pattern)}
+        stems = {stem for pattern, _ in entries for stem in prefix_stems(pattern)}
+        self._corrector = SpellingCorrector(vocabulary, known=known_words, prefixes=stems)
 
     def screen(self, text: str) -> SafetyResult:
         tokenised = [[self._corrector.correct(token) for token in tokens]
                      for tokens in sentences(text)]
-        third_party = self._third_party is not None and any(
-            self._third_party.search(" ".join(tokens) + " ") for tokens in tokenised)
+        third_party = any(self._third_party.search(tokens) for tokens in tokenised)
         level = SafetyLevel.NONE
         cues: list[str] = []
         for tokens in tokenised:
-            line = " ".join(tokens) + " "
-            for cue in self._cues:
-                for match in cue.regex.finditer(line):
-                    found, tag = self._judge(cue, tokens, line, match, third_party)
-                    if tag and tag not in cues:
-                        cues.append(tag)
-                    level = level.at_least(found)
-                    if found is cue.level:
-                        break
+            for match, cue in self._cues.matches(tokens):
+                found, tag = self._judge(cue, tokens, match, third_party)
+                if tag and tag not in cues:
+                    cues.append(tag)
+                level = level.at_least(found)
         if third_party and level is not SafetyLevel.NONE:
             cues.append("third_party")
         return SafetyResult(level, tuple(cues))
 
-    def _judge(self, cue: _Cue, tokens: list[str], line: str, match: re.Match[str],
+    def _judge(self, cue: _Cue, tokens: list[str], match: re.Match[str],
                third_party: bool) -> tuple[SafetyLevel, str]:
-        start = line.count(" ", 0, match.start())
+        start = match.string.count(" ", 0, match.start())
         end = start + match.group(0).count(" ")
         clause_start, clause_end = self._clause(tokens, start, end)
-        historical = self._historical is not None and bool(
-            self._historical.search(" ".join(tokens[clause_start:clause_end]) + " "))
+        historical = self._historical.search(tokens[clause_start:clause_end])
         negated = self._negated(tokens[clause_start:start])
         tag = f"{cue.level.value}:{cue.category}"
         if cue.level is SafetyLevel.EMERGENCY:
@@ -135,14 +136,13 @@ class LexiconScreen:
     def _negated(self, before: list[str]) -> bool:
         """A negation trigger shortly before the cue, with no new subject in between and not
         part of a pseudo-negation ("not sure", "no idea")."""
-        if self._negation is None or not before:
+        if not before:
             return False
-        window = " ".join(before) + " "
-        pseudo = [m.span() for m in self._pseudo.finditer(window)] if self._pseudo else []
-        for match in self._negation.finditer(window):
+        pseudo = [match.span() for match, _ in self._pseudo.matches(before)]
+        for match, _ in self._negation.matches(before):
             if any(s <= match.start() and match.end() <= e + 1 for s, e in pseudo):
                 continue
-            between = window[match.end():].split()
+            between = match.string[match.end():].split()
             if len(between) <= NEGATION_REACH and not _SUBJECTS.intersection(between):
                 return True
         return False

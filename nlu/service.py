@@ -118,7 +118,8 @@ class NluService:
             phone_region=entities.phone_region, date_order=entities.date_order,
             mrn_patterns=entities.mrn_patterns, account_patterns=entities.account_patterns,
             lookups=model.lookups)
-        self._language = LanguageDetector(list(config.nlu.languages))
+        self._language = LanguageDetector(list(config.nlu.languages),
+                                          vocabulary=model.vocabulary)
         self._clinical = clinical_intents(config)
 
     @classmethod
