@@ -75,15 +75,22 @@ class LexiconScreen:
                    for name, category in categories.items()
                    for pattern in [*category.en, *category.es]]
         self._cues = PatternSet(entries)
-        self._negation = _phrases(t for rules in lexicon.negation.values()
-                                  for t in rules.triggers)
-        self._pseudo = _phrases(p for rules in lexicon.negation.values() for p in rules.pseudo)
+        triggers = [t for rules in lexicon.negation.values() for t in rules.triggers]
+        pseudo = [p for rules in lexicon.negation.values() for p in rules.pseudo]
+        third_party = list(_languages(lexicon.third_party))
+        historical = list(_languages(lexicon.historical))
+        self._negation = _phrases(triggers)
+        self._pseudo = _phrases(pseudo)
+        self._third_party = _phrases(third_party)
+        self._historical = _phrases(historical)
         self._terminators = frozenset(
             word for words in lexicon.terminators.values() for word in words)
-        self._third_party = _phrases(_languages(lexicon.third_party))
-        self._historical = _phrases(_languages(lexicon.historical))
-        vocabulary = {word for pattern, _ in entries for word in literal_words(pattern)}
-        stems = {stem for pattern, _ in entries for stem in prefix_stems(pattern)}
+        # Every word the lexicon names is a correction target, and is never itself
+        # "corrected" into another ("years" must stay "years" for the history patterns).
+        patterns = [pattern for pattern, _ in entries] + triggers + pseudo + third_party + \
+            historical + list(self._terminators)
+        vocabulary = {word for pattern in patterns for word in literal_words(pattern)}
+        stems = {stem for pattern in patterns for stem in prefix_stems(pattern)}
         self._corrector = SpellingCorrector(vocabulary, known=known_words, prefixes=stems)
 
     def screen(self, text: str) -> SafetyResult:
