@@ -151,7 +151,7 @@ class NluThresholds(_Model):
     # Below this confidence the contact reason is out_of_scope: no script runs on a guess.
     intent_confidence: float = Field(0.35, ge=0, le=1)
     # The trained safety component raises the level at these probabilities (recall first).
-    safety_emergency: float = Field(0.5, gt=0, le=1)
+    safety_emergency: float = Field(0.3, gt=0, le=1)
     safety_clinical: float = Field(0.5, gt=0, le=1)
 
 

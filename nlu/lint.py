@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nlu.data import Example, TrainingData, TrainingDataError
-from nlu.evaluate import cross_validate
+from nlu.evaluate import Outcome, cross_validate
 from nlu.language import LanguageDetector
 from nlu.service import load_training_data, training_data_path
 from nlu.text import fold
@@ -112,15 +112,16 @@ def intent_coverage(intents: Iterable[str], data: TrainingData) -> list[Finding]
 def cv_disagreements(config: Any, data: TrainingData, folds: int) -> list[Finding]:
     """Examples that a model trained without them puts under another intent (the model's
     best guess, before the confidence threshold)."""
-    wrong: dict[str, list[str]] = defaultdict(list)
+    wrong: dict[str, list[Outcome]] = defaultdict(list)
     for outcome in cross_validate(config, data, folds):
         if outcome.predicted_intent != outcome.example.intent:
-            wrong[outcome.example.intent].append(
-                f"-> {outcome.predicted_intent} ({outcome.confidence:.2f}): "
-                f"{outcome.example.text!r}")
+            wrong[outcome.example.intent].append(outcome)
     return [Finding(WARNING, "cross-validation",
-                    f"{len(texts)} {intent} example(s) assigned to another intent",
-                    tuple(texts)) for intent, texts in sorted(wrong.items())]
+                    f"{len(outcomes)} {intent} example(s) assigned to another intent "
+                    f"(most confident first)",
+                    tuple(f"-> {o.predicted_intent} ({o.confidence:.2f}): {o.example.text!r}"
+                          for o in sorted(outcomes, key=lambda o: -o.confidence)))
+            for intent, outcomes in sorted(wrong.items())]
 
 
 def report(findings: Sequence[Finding], counts: dict[str, Counter[str]],
