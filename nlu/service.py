@@ -181,18 +181,19 @@ class NluService:
                  ) -> ParseResult:
         safety = self.screen(prepared.full, scores)
         level, cues = safety.level, list(safety.cues)
-        confident = prediction.confidence >= self._nlu.thresholds.intent_confidence
-        intent = prediction.intent if confident else OUT_OF_SCOPE
-        if intent in self._clinical and level is SafetyLevel.NONE:
-            level = SafetyLevel.CLINICAL
-            cues.append(f"intent:{intent}")
         default_language = language or self._config.app.default_language
         detected = self._language.detect(prepared.classify, default=default_language)
+        supported = detected in self._nlu.languages
+        confident = prediction.confidence >= self._nlu.thresholds.intent_confidence
+        intent = prediction.intent if confident else OUT_OF_SCOPE
         notes = []
-        if detected not in self._nlu.languages:
+        if not supported:
+            # The classifier knows English and Spanish only: an interpreter is the way in.
             notes.append("unsupported_language")
-            if level is SafetyLevel.NONE:
-                intent = INTERPRETER_INTENT
+            intent = INTERPRETER_INTENT
+        elif intent in self._clinical and level is SafetyLevel.NONE:
+            level = SafetyLevel.CLINICAL
+            cues.append(f"intent:{intent}")
         if prediction.degraded:
             notes.append("classifier_fallback")
         if prepared.truncated:
