@@ -3,10 +3,12 @@
     python -m nlu.compare --rasa diet=http://127.0.0.1:5005 --rasa logreg=http://...
 
 `make test-rasa` runs it. The held-out files are nlu/data/test/{en,es}_{emergency,clinical,
-non_clinical}.yml (Rasa YAML); the file name gives each example's safety level. Intent accuracy
-and macro-F1 are over the non-clinical examples; the safety columns ask whether a message would
-reach the clinical lane. A Rasa server has no safety screen and no emergency level: it counts
-as flagging clinical when its intent's lane is `clinical`.
+non_clinical}.yml (Rasa YAML; `*_blind_*` files are reported as a separate set); the file name
+gives each example's safety level. Rasa gets the text a backend gets in production (the newest
+reply, capped; nlu.text.prepare). Intent accuracy and macro-F1 are over the non-clinical
+examples; the safety columns ask whether a message would reach the clinical lane. A Rasa server
+has no safety screen and no emergency level: it counts as flagging clinical when its intent's
+lane is `clinical`.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from nlu.base import IntentPrediction, SafetyLevel
 from nlu.rasa.client import RasaClassifier
 
 TEST_DIR = Path(__file__).resolve().parent / "data" / "test"
-INTENTS_FILE = Path(__file__).resolve().parent.parent / "config" / "intents.yml"
-LEVELS = {"emergency": SafetyLevel.EMERGENCY, "clinical": SafetyLevel.CLINICAL,
-          "non_clinical": SafetyLevel.NONE}
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+LEVELS = {"non_clinical": SafetyLevel.NONE, "emergency": SafetyLevel.EMERGENCY,
+          "clinical": SafetyLevel.CLINICAL}
+GROUPS = ("held-out", "blind")
 _ANNOTATION = re.compile(r"\[([^\]]+)\](?:\([^)]*\)|\{[^}]*\})")
 
 Predict = Callable[[str], Awaitable[tuple[str, SafetyLevel | None]]]
@@ -42,6 +45,7 @@ class Example:
     text: str
     intent: str
     level: SafetyLevel
+    group: str  # "held-out" or "blind" (files named *_blind_*)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,15 +56,31 @@ class Outcome:
     seconds: float
 
 
+def _level(path: Path) -> SafetyLevel:
+    for suffix, level in LEVELS.items():  # non_clinical is checked before clinical
+        if path.stem.endswith("_" + suffix):
+            return level
+    raise SystemExit(f"compare: {path.name}: expected *_emergency, *_clinical or "
+                     "*_non_clinical.yml")
+
+
+def _texts(examples: object) -> list[str]:
+    """Rasa's block form (`- text` lines) or list form (`- text: ...`)."""
+    if isinstance(examples, list):
+        return [str(item["text"]).strip() for item in examples]
+    lines = (line.strip() for line in str(examples or "").splitlines())
+    return [line[2:].strip() for line in lines if line.startswith("- ")]
+
+
 def load_examples(directory: Path = TEST_DIR) -> list[Example]:
     examples = []
     for path in sorted(directory.glob("*.yml")):
-        level = LEVELS[path.stem.split("_", 1)[1]]  # en_non_clinical -> non_clinical
+        level = _level(path)
+        group = "blind" if "_blind_" in path.stem else "held-out"
         for block in yaml.safe_load(path.read_text(encoding="utf-8")).get("nlu") or []:
-            for line in str(block.get("examples", "")).splitlines():
-                if line.strip().startswith("- "):
-                    text = _ANNOTATION.sub(r"\1", line.strip()[2:].strip())
-                    examples.append(Example(text, block["intent"], level))
+            for text in _texts(block.get("examples")) if "intent" in block else []:
+                examples.append(Example(_ANNOTATION.sub(r"\1", text), block["intent"], level,
+                                        group))
     return examples
 
 
@@ -104,7 +124,7 @@ def _percentile(values: list[float], share: float) -> float:
     return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
-def row(name: str, outcomes: list[Outcome], lanes: dict[str, str | None]) -> str:
+def row(name: str, group: str, outcomes: list[Outcome], lanes: dict[str, str | None]) -> str:
     plain = [o for o in outcomes if o.example.level is SafetyLevel.NONE]
     urgent = [o for o in outcomes if o.example.level is not SafetyLevel.NONE]
     emergencies = [o for o in urgent if o.example.level is SafetyLevel.EMERGENCY]
@@ -113,7 +133,7 @@ def row(name: str, outcomes: list[Outcome], lanes: dict[str, str | None]) -> str
     has_levels = all(o.level is not None for o in outcomes)
     latencies = [o.seconds * 1000 for o in outcomes]
     cells = [
-        name, f"{accuracy:.3f}", f"{macro_f1(truth, predicted):.3f}",
+        name, group, f"{accuracy:.3f}", f"{macro_f1(truth, predicted):.3f}",
         _rate([o.level is SafetyLevel.EMERGENCY for o in emergencies]) if has_levels else "n/a",
         _rate([_flagged(o, lanes) for o in urgent]),
         _rate([_flagged(o, lanes) for o in plain]),
@@ -134,24 +154,28 @@ class _NoAnswer:
         return None
 
 
-async def _rasa_row(name: str, url: str, examples: list[Example],
-                    lanes: dict[str, str | None]) -> str:
-    classifier = RasaClassifier(fallback=_NoAnswer(), base_url=url, timeout=30.0,
-                                total_timeout=30.0, retries=0)
+async def _rasa(name: str, url: str, examples: list[Example]) -> list[Outcome]:
+    from nlu.text import prepare
+
+    classifier = RasaClassifier(url, fallback=_NoAnswer(), timeout=30.0, total_timeout=30.0,
+                                retries=0)
+    settings = yaml.safe_load((CONFIG_DIR / "nlu.yml").read_text(encoding="utf-8")) or {}
+    max_chars = int(settings.get("max_classifier_chars", 1000))
 
     async def predict(text: str) -> tuple[str, SafetyLevel | None]:
-        prediction = await classifier.classify(text)
+        # What NluService hands a backend in production: the newest reply, capped.
+        prediction = await classifier.classify(prepare(text, max_chars=max_chars).classify)
         if prediction.degraded:
             raise SystemExit(f"compare: the Rasa server {name} at {url} did not answer")
         return prediction.intent, None
 
     try:
-        return row(f"rasa {name}", await run(predict, examples), lanes)
+        return await run(predict, examples)
     finally:
         await classifier.aclose()
 
 
-async def _embedded_row(examples: list[Example], lanes: dict[str, str | None]) -> str:
+async def _embedded(examples: list[Example]) -> list[Outcome]:
     from nlu.service import NluService  # being built alongside; optional here
 
     service = NluService.from_config(load_config())
@@ -163,7 +187,7 @@ async def _embedded_row(examples: list[Example], lanes: dict[str, str | None]) -
         return result.intent, result.safety
 
     try:
-        return row("embedded (full NLU)", await run(predict, examples), lanes)
+        return await run(predict, examples)
     finally:
         close = getattr(service, "aclose", None)
         if close is not None:
@@ -172,26 +196,37 @@ async def _embedded_row(examples: list[Example], lanes: dict[str, str | None]) -
 
 async def compare(rasa: list[tuple[str, str]], test_dir: Path) -> str:
     examples = load_examples(test_dir)
-    # Only the intent -> lane map is needed for the Rasa rows, so read just that file.
-    intents = yaml.safe_load(INTENTS_FILE.read_text(encoding="utf-8"))["intents"]
+    # The Rasa rows need only the intent -> lane map: read that file, not the whole config.
+    intents = yaml.safe_load((CONFIG_DIR / "intents.yml").read_text(encoding="utf-8"))["intents"]
     lanes = {name: (entry or {}).get("lane") for name, entry in intents.items()}
-    counts = {level: sum(e.level is level for e in examples) for level in SafetyLevel}
-    lines = [
-        "| system | intent accuracy | intent macro-F1 | emergency recall "
-        "| clinical-or-emergency recall | non-clinical sent to clinical | p50 ms | p99 ms |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    notes = [f"Held-out examples: {counts[SafetyLevel.EMERGENCY]} emergency, "
-             f"{counts[SafetyLevel.CLINICAL]} clinical, {counts[SafetyLevel.NONE]} non-clinical "
-             f"(en + es). Intent scores are over the non-clinical examples."]
+    systems: list[tuple[str, list[Outcome]]] = []
+    notes = []
     try:
-        lines.append(await _embedded_row(examples, lanes))
+        systems.append(("embedded (full NLU)", await _embedded(examples)))
     except ImportError as err:
         notes.append(f"Embedded NLU not compared: nlu.service could not be imported ({err}).")
     except Exception as err:  # a half-built service must not hide the Rasa rows
         notes.append(f"Embedded NLU not compared: {type(err).__name__}: {err}")
     for name, url in rasa:
-        lines.append(await _rasa_row(name, url, examples, lanes))
+        systems.append((f"rasa {name}", await _rasa(name, url, examples)))
+
+    lines = [
+        "| system | set | intent accuracy | intent macro-F1 | emergency recall "
+        "| clinical-or-emergency recall | non-clinical sent to clinical | p50 ms | p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for group in GROUPS:
+        subset = [e for e in examples if e.group == group]
+        if not subset:
+            continue
+        counts = {level: sum(e.level is level for e in subset) for level in SafetyLevel}
+        notes.append(f"{group}: {counts[SafetyLevel.EMERGENCY]} emergency, "
+                     f"{counts[SafetyLevel.CLINICAL]} clinical, "
+                     f"{counts[SafetyLevel.NONE]} non-clinical examples (en + es).")
+        for name, outcomes in systems:
+            lines.append(row(name, group, [o for o in outcomes if o.example.group == group],
+                             lanes))
+    notes.append("Intent accuracy and macro-F1 are over the non-clinical examples.")
     if rasa:
         notes.append("Rasa has no safety screen: a Rasa row flags clinical when the intent's "
                      "lane is clinical, and has no emergency level (n/a).")

@@ -23,9 +23,10 @@ from pathlib import Path
 import joblib
 import numpy as np
 import sklearn
+from scipy import sparse
+from scipy.special import expit
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.pipeline import FeatureUnion
 from sklearn.svm import LinearSVC
 
 from nlu.base import IntentPrediction, SafetyLevel
@@ -34,11 +35,9 @@ from nlu.lexicon import sentences
 from nlu.safety import ModelScores
 from nlu.text import fold
 
-MODEL_VERSION = "1"
+MODEL_VERSION = "3"  # bump whenever the features or the method change: old caches retrain
 _DIGITS = re.compile(r"\d+")
 _APOSTROPHES = re.compile(r"['’`´ʼ]")
-_SAFETY_CLASSES = [SafetyLevel.NONE.value, SafetyLevel.CLINICAL.value,
-                   SafetyLevel.EMERGENCY.value]
 
 
 def feature_text(text: str) -> str:
@@ -47,51 +46,105 @@ def feature_text(text: str) -> str:
     return _DIGITS.sub("0", _APOSTROPHES.sub("", fold(text)))
 
 
-def _vectorizer() -> FeatureUnion:
-    return FeatureUnion([
-        ("words", TfidfVectorizer(preprocessor=feature_text, ngram_range=(1, 2),
-                                  sublinear_tf=True, min_df=1, token_pattern=r"(?u)\b\w+\b")),
-        ("chars", TfidfVectorizer(preprocessor=feature_text, analyzer="char_wb",
-                                  ngram_range=(2, 5), sublinear_tf=True, min_df=2)),
-    ])
+class Features:
+    """Word and character TF-IDF side by side. (sklearn's FeatureUnion does the same with a
+    per-call overhead that is most of the cost of classifying one message.)"""
+
+    def __init__(self) -> None:
+        self.words = TfidfVectorizer(preprocessor=feature_text, ngram_range=(1, 2),
+                                     sublinear_tf=True, min_df=1, token_pattern=r"(?u)\b\w+\b")
+        self.chars = TfidfVectorizer(preprocessor=feature_text, analyzer="char_wb",
+                                     ngram_range=(2, 5), sublinear_tf=True, min_df=2)
+
+    def fit_transform(self, texts: Sequence[str]) -> sparse.csr_matrix:
+        return sparse.hstack([self.words.fit_transform(texts),
+                              self.chars.fit_transform(texts)], format="csr")
+
+    def transform(self, texts: Sequence[str]) -> sparse.csr_matrix:
+        with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+            return sparse.hstack([self.words.transform(texts), self.chars.transform(texts)],
+                                 format="csr")
 
 
-def _linear_model() -> CalibratedClassifierCV:
-    """A linear SVM with probabilities calibrated by cross-validation: as accurate as
-    logistic regression on this data and several times faster to train (README, "NLU")."""
-    return CalibratedClassifierCV(LinearSVC(C=1.0, class_weight="balanced"), cv=5,
-                                  method="isotonic")
+@dataclass(slots=True)
+class CalibratedLinear:
+    """Linear SVMs with sigmoid-calibrated probabilities, trained by sklearn's
+    `CalibratedClassifierCV` (one SVM and calibration per fold) and kept as matrices, so
+    that probabilities for a batch are one sparse product and one vectorised sigmoid. The
+    result equals sklearn's `predict_proba` (tested); sklearn's own takes milliseconds per
+    message.
+
+    Chosen by measurement: as accurate as logistic regression on this data and several
+    times faster to train (README, "NLU")."""
+
+    classes_: np.ndarray
+    weights: np.ndarray  # features x (folds * classes)
+    bias: np.ndarray
+    slope: np.ndarray  # sigmoid calibration: p = 1 / (1 + exp(slope * d + offset))
+    offset: np.ndarray
+    folds: int
+
+    @classmethod
+    def fit(cls, features: sparse.csr_matrix, labels: Sequence[str], *, folds: int = 5
+            ) -> CalibratedLinear:
+        if len(set(labels)) < 3:
+            raise ValueError("at least three classes are needed")
+        model = CalibratedClassifierCV(LinearSVC(C=1.0, class_weight="balanced"), cv=folds,
+                                       method="sigmoid").fit(features, labels)
+        return cls.from_sklearn(model)
+
+    @classmethod
+    def from_sklearn(cls, model: CalibratedClassifierCV) -> CalibratedLinear:
+        parts = model.calibrated_classifiers_
+        for part in parts:
+            if list(part.estimator.classes_) != list(model.classes_):
+                raise ValueError("every fold must see every class")
+        return cls(
+            classes_=model.classes_,
+            weights=np.hstack([part.estimator.coef_.T for part in parts]),
+            bias=np.concatenate([part.estimator.intercept_ for part in parts]),
+            slope=np.array([c.a_ for part in parts for c in part.calibrators]),
+            offset=np.array([c.b_ for part in parts for c in part.calibrators]),
+            folds=len(parts))
+
+    def predict_proba(self, features: sparse.csr_matrix) -> np.ndarray:
+        decision = np.asarray(features @ self.weights) + self.bias
+        probabilities = expit(-(self.slope * decision + self.offset))
+        per_fold = probabilities.reshape(len(decision), self.folds, len(self.classes_))
+        total = per_fold.sum(axis=2, keepdims=True)
+        uniform = np.full_like(per_fold, 1 / len(self.classes_))
+        normalised = np.divide(per_fold, total, out=uniform, where=total != 0)
+        return normalised.mean(axis=1)
 
 
 @dataclass(slots=True)
 class EmbeddedModel:
-    vectorizer: FeatureUnion
-    intents: CalibratedClassifierCV
-    safety: CalibratedClassifierCV
+    features: Features
+    intents: CalibratedLinear
+    safety: CalibratedLinear
     known_words: frozenset[str]
     lookups: dict[str, list[str]]
     fingerprint: str = ""
 
     @classmethod
     def train(cls, data: TrainingData, *, fingerprint: str = "") -> EmbeddedModel:
-        texts = [example.text for example in data.examples]
-        vectorizer = _vectorizer()
-        features = vectorizer.fit_transform(texts)
-        intents = _linear_model().fit(features, [example.intent for example in data.examples])
-        safety = _linear_model().fit(features, [e.safety.value for e in data.examples])
+        features = Features()
+        matrix = features.fit_transform([example.text for example in data.examples])
+        intents = CalibratedLinear.fit(matrix, [example.intent for example in data.examples])
+        safety = CalibratedLinear.fit(matrix, [e.safety.value for e in data.examples])
         known = frozenset(
             token for example in data.examples if example.safety is SafetyLevel.NONE
             for tokens in sentences(example.text) for token in tokens)
-        return cls(vectorizer, intents, safety, known, dict(data.lookups), fingerprint)
+        return cls(features, intents, safety, known, dict(data.lookups), fingerprint)
 
     @property
     def vocabulary(self) -> frozenset[str]:
         """Single words the classifier knows (folded): the training data's vocabulary."""
-        words = self.vectorizer.transformer_list[0][1].vocabulary_
+        words = self.features.words.vocabulary_
         return frozenset(word for word in words if " " not in word)
 
     def predict(self, texts: Sequence[str]) -> list[tuple[IntentPrediction, ModelScores]]:
-        features = self.vectorizer.transform(texts)
+        features = self.features.transform(texts)
         intent_probs = self.intents.predict_proba(features)
         safety_probs = self.safety.predict_proba(features)
         classes = self.intents.classes_

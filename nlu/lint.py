@@ -15,9 +15,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from nlu.base import SafetyLevel
 from nlu.data import Example, TrainingData, TrainingDataError
 from nlu.evaluate import Outcome, cross_validate
 from nlu.language import LanguageDetector
+from nlu.safety import LexiconScreen
 from nlu.service import load_training_data, training_data_path
 from nlu.text import fold
 
@@ -124,6 +126,20 @@ def cv_disagreements(config: Any, data: TrainingData, folds: int) -> list[Findin
             for intent, outcomes in sorted(wrong.items())]
 
 
+def lexicon_gaps(config: Any, data: TrainingData) -> list[Finding]:
+    """Emergency examples the safety lexicon alone does not flag: each is caught only by the
+    trained component, which may not generalise; add a pattern to config/safety.yml."""
+    screen = LexiconScreen(config.safety)
+    missed = [example.text for example in data.examples
+              if example.safety is SafetyLevel.EMERGENCY
+              and screen.screen(example.text).level is not SafetyLevel.EMERGENCY]
+    if not missed:
+        return []
+    return [Finding(WARNING, "safety lexicon",
+                    f"{len(missed)} emergency example(s) not flagged by config/safety.yml alone",
+                    tuple(repr(text) for text in missed))]
+
+
 def report(findings: Sequence[Finding], counts: dict[str, Counter[str]],
            languages: Sequence[str]) -> str:
     lines = ["examples per intent and language:",
@@ -153,7 +169,8 @@ def run_checks(config: Any, *, folds: int) -> int:
     languages = list(config.nlu.languages)
     counts = language_counts(data.examples, languages)
     findings = [*duplicates(data.examples), *near_duplicates(data.examples),
-                *intent_coverage(config.intents, data), *thin_intents(counts, languages)]
+                *intent_coverage(config.intents, data), *thin_intents(counts, languages),
+                *lexicon_gaps(config, data)]
     if folds >= 2:
         try:
             findings += cv_disagreements(config, data, folds)

@@ -69,8 +69,12 @@ train() {  # train NAME CONFIG -> prints the model path; retrains only when inpu
 }
 
 pids=()
-cleanup() {
+cleanup() {  # TERM each server's process group, give it 10 s, then KILL
   for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  done
 }
 trap cleanup EXIT
 
