@@ -1,4 +1,4 @@
-"""Contact-reason classification: safety screen, intent classifiers, entities, language.
+"""Natural-language understanding: safety screen, contact-reason classifier backends
+(embedded, Rasa server), entities, language, training data and evaluation.
 
-Filled in by the NLU issue; the pipeline reaches it only through `bot.decision.DecisionStep`.
-"""
+Entry point: `nlu.service.NluService`. This package never sees channel types."""
