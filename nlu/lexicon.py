@@ -29,7 +29,7 @@ _APOSTROPHES = re.compile(r"['’`´ʼ]")
 _SENTENCE_BREAK = re.compile(r"[.!?;:\n]+")
 _NON_WORD = re.compile(r"[^a-z0-9,]+")
 _MIN_FUZZY_LENGTH = 5
-_LONG_WORD = 8
+_LONG_WORD = 9  # two typos allowed from this length ("visiting" must not become "vomiting")
 
 
 class PatternError(ValueError):
@@ -204,7 +204,7 @@ def _limit(length: int) -> int:
 
 class SpellingCorrector:
     """Maps a misspelt word onto a lexicon word (edit distance with transpositions: 1, or 2
-    for long words) so that "brethe" and "seziure" fire like "breathe" and "seizure". Words
+    for words of 9+ letters) so that "brethe" and "seziure" fire like "breathe" and "seizure". Words
     seen in ordinary non-clinical training messages are never corrected, so "cooking" does
     not become "choking"."""
 
@@ -239,8 +239,10 @@ class SpellingCorrector:
             self._cache[token] = token
             return token
         length = len(token)
-        candidates = {*self._candidates.get((length, token[0]), ()),
-                      *self._candidates.get((length, token[1]), ())}
+        # Sorted, so that a tie between two equally close words is broken the same way in
+        # every process (set order varies with the hash seed).
+        candidates = sorted({*self._candidates.get((length, token[0]), ()),
+                             *self._candidates.get((length, token[1]), ())})
         match = process.extractOne(token, candidates, scorer=OSA.distance,
                                    score_cutoff=_limit(length))
         best = match[0] if match else token
