@@ -91,6 +91,8 @@ def _fold_char(char: str) -> str:
 
 def fold_keep_offsets(text: str) -> str:
     """Lowercase without accents, one character for one, so offsets stay valid."""
+    if text.isascii():
+        return text.lower()
     return "".join(_fold_char(char) for char in text)
 
 

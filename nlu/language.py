@@ -34,7 +34,7 @@ _FAMILIAR_SHARE = 0.6
 _PAIR_SURE_LONG = 0.55
 _PAIR_SURE_SHORT = 0.75  # "ok", "thx", "refill": keep the conversation's language
 _WORDS = re.compile(r"[^\W\d_]+")
-_SAMPLE_CHARS = 400
+_SAMPLE_CHARS = 160  # enough to tell; detection time grows with length
 
 
 def _code(language: Language) -> str:
@@ -61,8 +61,10 @@ class LanguageDetector:
         builder = LanguageDetectorBuilder.from_languages(
             *pair, *([Language.LATIN] if len(pair) == 1 else []))
         self._pair = builder.with_preloaded_language_models().build()
+        # Loaded up front: lazily, the first foreign-looking message would wait about a
+        # second while every model loads (and they all load on that first call anyway).
         self._all = LanguageDetectorBuilder.from_languages(
-            *{*_SUPPORTED.values(), *_OTHERS}).build()
+            *{*_SUPPORTED.values(), *_OTHERS}).with_preloaded_language_models().build()
 
     def _familiar(self, text: str) -> bool:
         words = _WORDS.findall(fold(text))

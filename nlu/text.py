@@ -67,5 +67,7 @@ def prepare(text: str, *, max_chars: int) -> PreparedText:
 
 def fold(text: str) -> str:
     """Lowercase without accents: the form lexicons, lookups and features compare in."""
+    if text.isascii():
+        return text.lower()
     decomposed = unicodedata.normalize("NFKD", text.lower())
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
