@@ -31,7 +31,6 @@ import asyncio
 import itertools
 import json
 import math
-import os
 import resource
 import shutil
 import subprocess
@@ -41,6 +40,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from hostinfo import host_footer, host_info
 
 from bot.config import load_config
 from bot.nlu_commands import PARSE_BATCH
@@ -210,15 +211,7 @@ def print_table(r: Results, host: dict[str, Any]) -> None:
     print("-" * 95)
     for name, value, target, ok in rows:
         print(f"{name:<44} | {value:>20} | {target:>16} | {verdict(ok)}")
-    busy = " - BUSY HOST, expect noisy numbers" if host["loadavg_start"] >= host["cpus"] / 2 else ""
-    print(f"Host: {host['cpus']} CPUs, Python {host['python']}, load average "
-          f"{host['loadavg_start']} at start{busy}.")
-
-
-def host_info() -> dict[str, Any]:
-    """Context for reading the numbers: a busy machine slows every measurement."""
-    return {"cpus": os.cpu_count() or 1, "python": sys.version.split()[0],
-            "loadavg_start": round(os.getloadavg()[0], 2)}
+    print(host_footer(host))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

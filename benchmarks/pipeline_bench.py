@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import redis.asyncio as redis
+from hostinfo import host_footer, host_info
 
 from bot.config import load_config
 from bot.crypto import new_key
@@ -570,15 +571,7 @@ def print_table(results: Iterable[ScenarioResult], args: argparse.Namespace,
     print("Times in ms: submit (paced: scheduled time) -> reply in the patient's mailbox; under "
           "flat-out\nsubmission they are mostly queueing. msg/s and cpu/msg (client CPU: "
           "submitter + workers) count\nevery message, replied or not.")
-    busy = " - BUSY HOST, expect noisy numbers" if host["loadavg_start"] >= host["cpus"] / 2 else ""
-    print(f"Host: {host['cpus']} CPUs, Python {host['python']}, load average "
-          f"{host['loadavg_start']} at start{busy}.")
-
-
-def host_info() -> dict[str, Any]:
-    """Context for reading the numbers: a busy machine slows every scenario."""
-    return {"cpus": os.cpu_count() or 1, "python": sys.version.split()[0],
-            "loadavg_start": round(os.getloadavg()[0], 2)}
+    print(host_footer(host))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
