@@ -15,37 +15,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import math
-import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from sklearn.metrics import f1_score
 
-from bot.config import load_config
+from bot.config import Config, load_config
 from nlu.base import IntentPrediction, SafetyLevel
+from nlu.data import Example, read_heldout
 from nlu.rasa.client import RasaClassifier
+from nlu.service import NluService, project_path
+from nlu.text import prepare
 
-TEST_DIR = Path(__file__).resolve().parent / "data" / "test"
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
-LEVELS = {"non_clinical": SafetyLevel.NONE, "emergency": SafetyLevel.EMERGENCY,
-          "clinical": SafetyLevel.CLINICAL}
 GROUPS = ("held-out", "blind")
-_ANNOTATION = re.compile(r"\[([^\]]+)\](?:\([^)]*\)|\{[^}]*\})")
 
 Predict = Callable[[str], Awaitable[tuple[str, SafetyLevel | None]]]
-
-
-@dataclass(frozen=True, slots=True)
-class Example:
-    text: str
-    intent: str
-    level: SafetyLevel
-    group: str  # "held-out" or "blind" (files named *_blind_*)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,33 +43,9 @@ class Outcome:
     level: SafetyLevel | None  # None: the system has no emergency level
     seconds: float
 
-
-def _level(path: Path) -> SafetyLevel:
-    for suffix, level in LEVELS.items():  # non_clinical is checked before clinical
-        if path.stem.endswith("_" + suffix):
-            return level
-    raise SystemExit(f"compare: {path.name}: expected *_emergency, *_clinical or "
-                     "*_non_clinical.yml")
-
-
-def _texts(examples: object) -> list[str]:
-    """Rasa's block form (`- text` lines) or list form (`- text: ...`)."""
-    if isinstance(examples, list):
-        return [str(item["text"]).strip() for item in examples]
-    lines = (line.strip() for line in str(examples or "").splitlines())
-    return [line[2:].strip() for line in lines if line.startswith("- ")]
-
-
-def load_examples(directory: Path = TEST_DIR) -> list[Example]:
-    examples = []
-    for path in sorted(directory.glob("*.yml")):
-        level = _level(path)
-        group = "blind" if "_blind_" in path.stem else "held-out"
-        for block in yaml.safe_load(path.read_text(encoding="utf-8")).get("nlu") or []:
-            for text in _texts(block.get("examples")) if "intent" in block else []:
-                examples.append(Example(_ANNOTATION.sub(r"\1", text), block["intent"], level,
-                                        group))
-    return examples
+    @property
+    def group(self) -> str:
+        return "blind" if "_blind_" in self.example.source else "held-out"
 
 
 async def run(predict: Predict, examples: list[Example]) -> list[Outcome]:
@@ -102,17 +66,8 @@ def _flagged(outcome: Outcome, lanes: dict[str, str | None]) -> bool:
 
 def macro_f1(truth: list[str], predicted: list[str]) -> float:
     """Macro-F1 over the intents present in `truth`."""
-    labels = sorted(set(truth))
-    try:
-        from sklearn.metrics import f1_score
-    except ImportError:
-        scores = []
-        for label in labels:
-            tp = sum(t == p == label for t, p in zip(truth, predicted, strict=True))
-            support, guessed = truth.count(label), predicted.count(label)
-            scores.append(2 * tp / (support + guessed) if support + guessed else 0.0)
-        return sum(scores) / len(scores)
-    return float(f1_score(truth, predicted, labels=labels, average="macro", zero_division=0))
+    return float(f1_score(truth, predicted, labels=sorted(set(truth)), average="macro",
+                          zero_division=0))
 
 
 def _rate(hits: list[bool]) -> str:
@@ -125,9 +80,9 @@ def _percentile(values: list[float], share: float) -> float:
 
 
 def row(name: str, group: str, outcomes: list[Outcome], lanes: dict[str, str | None]) -> str:
-    plain = [o for o in outcomes if o.example.level is SafetyLevel.NONE]
-    urgent = [o for o in outcomes if o.example.level is not SafetyLevel.NONE]
-    emergencies = [o for o in urgent if o.example.level is SafetyLevel.EMERGENCY]
+    plain = [o for o in outcomes if o.example.safety is SafetyLevel.NONE]
+    urgent = [o for o in outcomes if o.example.safety is not SafetyLevel.NONE]
+    emergencies = [o for o in urgent if o.example.safety is SafetyLevel.EMERGENCY]
     truth, predicted = [o.example.intent for o in plain], [o.intent for o in plain]
     accuracy = sum(t == p for t, p in zip(truth, predicted, strict=True)) / len(plain)
     has_levels = all(o.level is not None for o in outcomes)
@@ -154,13 +109,11 @@ class _NoAnswer:
         return None
 
 
-async def _rasa(name: str, url: str, examples: list[Example]) -> list[Outcome]:
-    from nlu.text import prepare
-
+async def _rasa(name: str, url: str, examples: list[Example], config: Config
+                ) -> list[Outcome]:
     classifier = RasaClassifier(url, fallback=_NoAnswer(), timeout=30.0, total_timeout=30.0,
                                 retries=0)
-    settings = yaml.safe_load((CONFIG_DIR / "nlu.yml").read_text(encoding="utf-8")) or {}
-    max_chars = int(settings.get("max_classifier_chars", 1000))
+    max_chars = config.nlu.max_classifier_chars
 
     async def predict(text: str) -> tuple[str, SafetyLevel | None]:
         # What NluService hands a backend in production: the newest reply, capped.
@@ -175,12 +128,8 @@ async def _rasa(name: str, url: str, examples: list[Example]) -> list[Outcome]:
         await classifier.aclose()
 
 
-async def _embedded(examples: list[Example]) -> list[Outcome]:
-    from nlu.service import NluService  # being built alongside; optional here
-
-    service = NluService.from_config(load_config())
-    if inspect.isawaitable(service):
-        service = await service
+async def _embedded(examples: list[Example], config: Config) -> list[Outcome]:
+    service = NluService.from_config(config)
 
     async def predict(text: str) -> tuple[str, SafetyLevel | None]:
         result = await service.parse(text)
@@ -189,43 +138,33 @@ async def _embedded(examples: list[Example]) -> list[Outcome]:
     try:
         return await run(predict, examples)
     finally:
-        close = getattr(service, "aclose", None)
-        if close is not None:
-            await close()
+        await service.aclose()
 
 
-async def compare(rasa: list[tuple[str, str]], test_dir: Path) -> str:
-    examples = load_examples(test_dir)
-    # The Rasa rows need only the intent -> lane map: read that file, not the whole config.
-    intents = yaml.safe_load((CONFIG_DIR / "intents.yml").read_text(encoding="utf-8"))["intents"]
-    lanes = {name: (entry or {}).get("lane") for name, entry in intents.items()}
-    systems: list[tuple[str, list[Outcome]]] = []
-    notes = []
-    try:
-        systems.append(("embedded (full NLU)", await _embedded(examples)))
-    except ImportError as err:
-        notes.append(f"Embedded NLU not compared: nlu.service could not be imported ({err}).")
-    except Exception as err:  # a half-built service must not hide the Rasa rows
-        notes.append(f"Embedded NLU not compared: {type(err).__name__}: {err}")
+async def compare(rasa: list[tuple[str, str]], test_dir: Path | None) -> str:
+    config = load_config()
+    examples = read_heldout(test_dir or project_path(config, config.nlu.heldout_dir))
+    lanes = {name: spec.lane for name, spec in config.intents.items()}
+    systems = [("embedded (full NLU)", await _embedded(examples, config))]
     for name, url in rasa:
-        systems.append((f"rasa {name}", await _rasa(name, url, examples)))
+        systems.append((f"rasa {name}", await _rasa(name, url, examples, config)))
 
     lines = [
         "| system | set | intent accuracy | intent macro-F1 | emergency recall "
         "| clinical-or-emergency recall | non-clinical sent to clinical | p50 ms | p99 ms |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    notes = []
     for group in GROUPS:
-        subset = [e for e in examples if e.group == group]
+        subset = [o.example for o in systems[0][1] if o.group == group]
         if not subset:
             continue
-        counts = {level: sum(e.level is level for e in subset) for level in SafetyLevel}
+        counts = {level: sum(e.safety is level for e in subset) for level in SafetyLevel}
         notes.append(f"{group}: {counts[SafetyLevel.EMERGENCY]} emergency, "
                      f"{counts[SafetyLevel.CLINICAL]} clinical, "
                      f"{counts[SafetyLevel.NONE]} non-clinical examples (en + es).")
         for name, outcomes in systems:
-            lines.append(row(name, group, [o for o in outcomes if o.example.group == group],
-                             lanes))
+            lines.append(row(name, group, [o for o in outcomes if o.group == group], lanes))
     notes.append("Intent accuracy and macro-F1 are over the non-clinical examples.")
     if rasa:
         notes.append("Rasa has no safety screen: a Rasa row flags clinical when the intent's "
@@ -245,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rasa", action="append", type=_name_url, default=[],
                         metavar="NAME=URL", help="a Rasa server to compare (repeatable)")
-    parser.add_argument("--test-dir", type=Path, default=TEST_DIR)
+    parser.add_argument("--test-dir", type=Path, default=None,
+                        help="held-out files (default: heldout_dir of config/nlu.yml)")
     args = parser.parse_args(argv)
     print(asyncio.run(compare(args.rasa, args.test_dir)))
     return 0

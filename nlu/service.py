@@ -8,6 +8,7 @@ the embedded backend's fast path for `patientbot nlu parse` and evaluation.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -133,6 +134,7 @@ class NluService:
             rasa = config.nlu.rasa
             classifier = RasaClassifier(
                 rasa.url, fallback=EmbeddedClassifier(model), client=http_client,
+                token=os.environ.get("RASA_AUTH_TOKEN") or None,  # a secret: environment only
                 timeout=rasa.timeout_seconds, retries=rasa.retries,
                 breaker_failures=rasa.breaker_failures,
                 breaker_reset_seconds=rasa.breaker_reset_seconds)
