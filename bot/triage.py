@@ -55,7 +55,8 @@ class NluTriage:
         return self._nlu
 
     async def decide(self, inbound: Inbound, session: Session, *, now: datetime) -> Decision:
-        result = await self._nlu.parse(inbound.text, now=now, language=session.language)
+        result = await self._nlu.parse(inbound.text, now=now,
+                                       conversation_language=session.language)
         language = result.language if result.language in self._config.messages \
             else session.language
         if result.safety is SafetyLevel.EMERGENCY:

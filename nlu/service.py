@@ -155,12 +155,13 @@ class NluService:
         await self.classifier.aclose()
 
     async def parse(self, text: str, *, now: datetime | None = None,
-                    language: str | None = None) -> ParseResult:
+                    conversation_language: str | None = None) -> ParseResult:
+        """`conversation_language` is kept when the text is too short to tell its language."""
         prepared = prepare(text, max_chars=self._nlu.max_classifier_chars)
         prediction, scores = self.model.predict([prepared.classify])[0]
         if not isinstance(self.classifier, EmbeddedClassifier):
             prediction = await self.classifier.classify(prepared.classify)
-        return self._verdict(text, prepared, prediction, scores, now, language)
+        return self._verdict(text, prepared, prediction, scores, now, conversation_language)
 
     def parse_batch(self, texts: Sequence[str], *, now: datetime | None = None
                     ) -> list[ParseResult]:
@@ -179,11 +180,11 @@ class NluService:
                        clinical_threshold=thresholds.safety_clinical)
 
     def _verdict(self, text: str, prepared: PreparedText, prediction: IntentPrediction,
-                 scores: ModelScores, now: datetime | None, language: str | None
-                 ) -> ParseResult:
+                 scores: ModelScores, now: datetime | None,
+                 conversation_language: str | None) -> ParseResult:
         safety = self.screen(prepared.full, scores)
         level, cues = safety.level, list(safety.cues)
-        default_language = language or self._config.app.default_language
+        default_language = conversation_language or self._config.app.default_language
         detected = self._language.detect(prepared.classify, default=default_language)
         supported = detected in self._nlu.languages
         confident = prediction.confidence >= self._nlu.thresholds.intent_confidence
