@@ -20,3 +20,6 @@ PIPELINE_LATENCY = Histogram(
 INGRESS_PENDING = Gauge("patientbot_ingress_pending", "Ingress entries delivered, not yet done")
 INGRESS_DEAD = Gauge("patientbot_ingress_dead_letters",
                      "Entries set aside for an operator (alert when above zero)")
+NLU_VERDICTS = Counter("patientbot_nlu_verdicts_total",
+                       "Inbound messages read by the NLU, by safety level and lane",
+                       ["safety", "lane"])

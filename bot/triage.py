@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from bot import metrics
 from bot.config import Config
 from bot.decision import (
     NOTE_SUMMARY_CHARS,
@@ -57,6 +58,7 @@ class NluTriage:
     async def decide(self, inbound: Inbound, session: Session, *, now: datetime) -> Decision:
         result = await self._nlu.parse(inbound.text, now=now,
                                        conversation_language=session.language)
+        metrics.NLU_VERDICTS.labels(safety=result.safety.value, lane=result.lane or "none").inc()
         language = result.language if result.language in self._config.messages \
             else session.language
         if result.safety is SafetyLevel.EMERGENCY:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from prometheus_client import REGISTRY
 
 from bot.config import Config
 from bot.runtime import Runtime
@@ -28,10 +29,17 @@ async def send(runtime: Runtime, text: str, number: int, *, patient: str = "P100
     await run_workers_until(runtime, replies(number, runtime, patient), timeout=30)
 
 
+def emergencies_counted() -> float:
+    return REGISTRY.get_sample_value("patientbot_nlu_verdicts_total",
+                                     {"safety": "emergency", "lane": "clinical"}) or 0.0
+
+
 async def test_a_third_party_emergency_gets_the_script_and_an_urgent_clinical_handoff(
         triage_runtime: Runtime, config: Config) -> None:
+    before = emergencies_counted()
     await send(triage_runtime, "my dad is slurring his words and his face looks droopy", 1)
 
+    assert emergencies_counted() == before + 1
     assert await mailbox(triage_runtime) == [config.text("emergency_script", "en")]
     [ticket] = await triage_runtime.store.tickets_in_lane("clinical")
     assert ticket.priority is Priority.URGENT
