@@ -33,17 +33,16 @@ from nlu.base import IntentPrediction, SafetyLevel
 from nlu.data import TrainingData
 from nlu.lexicon import sentences
 from nlu.safety import ModelScores
-from nlu.text import fold
+from nlu.text import fold_words
 
 MODEL_VERSION = "4"  # bump whenever the features or the method change: old caches retrain
 _DIGITS = re.compile(r"\d+")
-_APOSTROPHES = re.compile(r"['’`´ʼ]")
 
 
 def feature_text(text: str) -> str:
     """What the vectorizers read: folded case and accents, digits collapsed (a date or an
     amount should not be a feature), apostrophes dropped ("can't" == "cant")."""
-    return _DIGITS.sub("0", _APOSTROPHES.sub("", fold(text)))
+    return _DIGITS.sub("0", fold_words(text))
 
 
 def _as_is(text: str) -> str:

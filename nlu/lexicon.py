@@ -18,14 +18,13 @@ from typing import Generic, TypeVar
 from rapidfuzz import process
 from rapidfuzz.distance import OSA
 
-from nlu.text import fold
+from nlu.text import fold_words
 
 T = TypeVar("T")
 GAP = "..."
 NUMBER = "#"
 GAP_WORDS = 4
 _WORD = re.compile(r"^[a-z0-9]+\*?$")
-_APOSTROPHES = re.compile(r"['’`´ʼ]")
 _SENTENCE_BREAK = re.compile(r"[.!?;:\n]+")
 _NON_WORD = re.compile(r"[^a-z0-9,]+")
 _MIN_FUZZY_LENGTH = 5
@@ -183,13 +182,13 @@ class PatternSet(Generic[T]):
 
 def normalise_patterns(patterns: Iterable[str]) -> list[str]:
     """Patterns as admins may write them (capitals, accents, apostrophes) in matching form."""
-    return [_APOSTROPHES.sub("", fold(pattern)).strip() for pattern in patterns]
+    return [fold_words(pattern).strip() for pattern in patterns]
 
 
 def sentences(text: str) -> list[list[str]]:
     """Normalised sentences as token lists; commas stay as tokens so that they end a
     negation's scope."""
-    folded = _APOSTROPHES.sub("", fold(text))
+    folded = fold_words(text)
     result = []
     for part in _SENTENCE_BREAK.split(folded):
         tokens = _NON_WORD.sub(" ", part.replace(",", " , ")).split()

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,8 @@ def train_model(config: Any, data: TrainingData | None = None) -> EmbeddedModel:
     data = data or load_training_data(config)
     limit = config.nlu.max_classifier_chars
     prepared = TrainingData(
-        examples=[type(e)(prepare(e.text, max_chars=limit).classify, e.intent, e.safety,
-                          e.source) for e in data.examples],
+        examples=[replace(e, text=prepare(e.text, max_chars=limit).classify)
+                  for e in data.examples],
         lookups=data.lookups, synonyms=data.synonyms, regexes=data.regexes)
     return EmbeddedModel.train(prepared, fingerprint=model_key(config))
 

@@ -65,6 +65,14 @@ def prepare(text: str, *, max_chars: int) -> PreparedText:
     return PreparedText(full=full, classify=reply, truncated=truncated)
 
 
+_APOSTROPHES = re.compile(r"['’`´ʼ]")
+
+
+def fold_words(text: str) -> str:
+    """`fold` without apostrophes ("Can't" -> "cant"): how lexicons and features read words."""
+    return _APOSTROPHES.sub("", fold(text))
+
+
 def fold(text: str) -> str:
     """Lowercase without accents: the form lexicons, lookups and features compare in."""
     if text.isascii():
