@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from bot.config import DEFAULT_CONFIG_DIR, Config, load_config
+from bot.engine_commands import add_engine_commands
 from bot.errors import ConfigError, SecretsError
 from bot.logs import configure_logging
 from bot.nlu_commands import add_nlu_commands
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(handler=cmd_audit_verify, decision_step=None)
 
     add_nlu_commands(commands, with_config)
+    add_engine_commands(commands, with_config)
 
     keys = commands.add_parser("keys", help="key management")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)

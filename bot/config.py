@@ -11,7 +11,6 @@ import re
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -23,6 +22,15 @@ from pydantic import (
     field_validator,
 )
 
+from bot.engine_config import (
+    CallbackWindowText,
+    CoverageFile,
+    KnowledgeFile,
+    PolicyFile,
+    SchedulingFile,
+    Script,
+    check_timezone,
+)
 from bot.errors import ConfigError
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -31,14 +39,6 @@ LaneName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _check_timezone(name: str) -> str:
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {name!r}") from None
-    return name
 
 
 class PortalConfig(_Model):
@@ -79,14 +79,29 @@ class AppConfig(_Model):
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
-        return _check_timezone(value)
+        return check_timezone(value)
 
 
 class QueueConfig(_Model):
+    """A human queue (lane): who owns it, when it is staffed, what patients are promised.
+
+    Owners are names staff recognise (a role or team); a missing owner is allowed at load so
+    that `patientbot readiness` can name every gap at once.
+    """
+
     display_name: str = Field(min_length=1)
     description: str = ""
     # What patients are told the team is called, per language (default: display_name).
     patient_name: dict[str, str] = {}
+    owner: str | None = None
+    backup_owner: str | None = None
+    supervisor: str | None = None
+    hours: str = "office"  # a schedule in coverage.yml
+    after_hours: Literal["next_business_day", "on_call"] = "next_business_day"
+    on_call_owner: str | None = None  # who takes this lane after hours (on_call mode)
+    ack_sla_minutes: int = Field(60, ge=1, le=7 * 24 * 60)
+    callback_window: CallbackWindowText = "1 business day"
+    on_call_callback_window: CallbackWindowText = "2 hours"
 
     def name_for_patients(self, language: str) -> str:
         return self.patient_name.get(language) or self.display_name
@@ -97,7 +112,14 @@ class QueuesFile(_Model):
 
 
 class IntentConfig(_Model):
+    """A contact reason: its lane, the identity check it needs, the approved script that
+    handles it, and (optionally) its own callback window and escalation owner."""
+
     lane: LaneName | None = None
+    identity: Literal["none", "basic", "strong"] = "none"
+    script: str | None = None
+    callback_window: CallbackWindowText | None = None  # default: the lane's
+    escalation_owner: str | None = None  # default: the lane's owner
 
 
 class IntentsFile(_Model):
@@ -105,19 +127,38 @@ class IntentsFile(_Model):
 
 
 class Templates(_Model):
-    """Patient-facing texts the foundation needs; each language must have every one."""
+    """Patient-facing texts outside scripts; each language must have every one.
+
+    Placeholders: {team} the queue's name for patients, {window} the callback window
+    ("within 1 business day"), {opens} when a closed team opens again, {organisation}.
+    """
 
     handoff_ack: str
     handoff_followup: str
     error_fallback: str
     portal_welcome: str
+    bot_intro: str  # prefixed to the first reply of a conversation
     emergency_script: str
     clinical_ack: str
-    lane_ack: str  # {team}: the queue's display name in the patient's language
+    on_call_ack: str  # clinical message after hours, to the on-call owner
+    lane_ack: str
+    lane_ack_after_hours: str
+    human_ack: str
+    upset_ack: str
     greeting_reply: str
     thanks_reply: str
     goodbye_reply: str
     out_of_scope_reply: str
+    identity_ask_name: str
+    identity_ask_dob: str
+    identity_retry: str
+    identity_failed: str
+    identity_needs_portal: str
+    # "singular|plural" with {n}
+    window_hours: str
+    window_business_hours: str
+    window_days: str
+    window_business_days: str
 
 
 class MessagesFile(_Model):
@@ -229,6 +270,11 @@ class Config(_Model):
     patients: list[PatientRecord]
     nlu: NluConfig = NluConfig()
     safety: SafetyLexicon | None = None
+    coverage: CoverageFile
+    policy: PolicyFile = PolicyFile()
+    scheduling: SchedulingFile
+    knowledge: KnowledgeFile
+    scripts: dict[str, Script] = {}
 
     @property
     def project_root(self) -> Path:
@@ -262,7 +308,12 @@ _FILES: dict[str, tuple[type[_Model], bool]] = {
     "patients.yml": (PatientsFile, False),
     "nlu.yml": (NluConfig, False),
     "safety.yml": (SafetyLexicon, True),
+    "coverage.yml": (CoverageFile, True),
+    "policy.yml": (PolicyFile, False),
+    "scheduling.yml": (SchedulingFile, True),
+    "knowledge.yml": (KnowledgeFile, True),
 }
+SCRIPTS_DIR = "scripts"
 
 
 class _Loader(yaml.SafeLoader):
@@ -304,7 +355,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _validate(path: Path, model: type[_Model], data: dict[str, Any]) -> _Model:
+def _validate(name: str, model: type[BaseModel], data: dict[str, Any]) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as err:
@@ -312,7 +363,7 @@ def _validate(path: Path, model: type[_Model], data: dict[str, Any]) -> _Model:
         problem = first["msg"]
         if first["type"] == "extra_forbidden":
             problem = "unknown key"
-        raise ConfigError(path.name, _key_path(first["loc"]), problem) from None
+        raise ConfigError(name, _key_path(first["loc"]), problem) from None
 
 
 def load_config(directory: Path | str | None = None) -> Config:
@@ -332,7 +383,7 @@ def load_config(directory: Path | str | None = None) -> Config:
                 raise ConfigError(name, "", "required file is missing")
             loaded[name] = model.model_validate({})
             continue
-        loaded[name] = _validate(path, model, _read_yaml(path))
+        loaded[name] = _validate(name, model, _read_yaml(path))
 
     app: AppConfig = loaded["app.yml"]
     queues = loaded["queues.yml"].queues
@@ -354,6 +405,48 @@ def load_config(directory: Path | str | None = None) -> Config:
         if patient.id in seen:
             raise ConfigError("patients.yml", f"patients.{index}.id", "duplicate patient id")
         seen.add(patient.id)
+    scripts = _load_scripts(root)
+    _check_engine_references(queues, intents, scripts, loaded)
     return Config(directory=str(root), app=app, queues=queues, intents=intents,
                   messages=messages, patients=patients, nlu=loaded["nlu.yml"],
-                  safety=loaded["safety.yml"])
+                  safety=loaded["safety.yml"], coverage=loaded["coverage.yml"],
+                  policy=loaded["policy.yml"], scheduling=loaded["scheduling.yml"],
+                  knowledge=loaded["knowledge.yml"], scripts=scripts)
+
+
+def _load_scripts(root: Path) -> dict[str, Script]:
+    """config/scripts/*.yml: one approved script per file, named by its id."""
+    scripts: dict[str, Script] = {}
+    for path in sorted((root / SCRIPTS_DIR).glob("*.y*ml")):
+        name = f"{SCRIPTS_DIR}/{path.name}"
+        script: Script = _validate(name, Script, _read_yaml(path))
+        if script.id != path.stem:
+            raise ConfigError(name, "id", f"script id {script.id!r} must match the file name")
+        scripts[script.id] = script
+    return scripts
+
+
+def _check_engine_references(queues: dict[str, QueueConfig],
+                             intents: dict[str, IntentConfig], scripts: dict[str, Script],
+                             loaded: dict[str, Any]) -> None:
+    """Names that point from one file into another must exist."""
+    schedules = loaded["coverage.yml"].schedules
+    for lane, queue in queues.items():
+        if queue.hours not in schedules:
+            raise ConfigError("queues.yml", f"queues.{lane}.hours",
+                              f"unknown schedule {queue.hours!r} (not in coverage.yml)")
+    for intent, spec in intents.items():
+        if spec.script is not None and spec.script not in scripts:
+            raise ConfigError("intents.yml", f"intents.{intent}.script",
+                              f"unknown script {spec.script!r} (no config/scripts/"
+                              f"{spec.script}.yml)")
+    for name, script in scripts.items():
+        for step in script.steps:
+            if step.handoff and step.handoff.lane and step.handoff.lane not in queues:
+                raise ConfigError(f"{SCRIPTS_DIR}/{name}.yml", f"steps.{step.id}.handoff.lane",
+                                  f"unknown queue {step.handoff.lane!r}")
+    scheduling = loaded["scheduling.yml"]
+    for template_name, template in scheduling.templates.items():
+        if template.schedule and template.schedule not in schedules:
+            raise ConfigError("scheduling.yml", f"templates.{template_name}.schedule",
+                              f"unknown schedule {template.schedule!r}")

@@ -39,6 +39,19 @@ class Decision:
     relay_to_ticket: bool = False
     language: str | None = None
     slots: dict[str, str] = field(default_factory=dict)
+    # Slots whose name starts with one of these are removed before `slots` is applied.
+    drop_slots: tuple[str, ...] = ()
+    identity: IdentityUpdate | None = None
+    # Extra audit events for this turn: (action, ref), e.g. ("identity.verified", "").
+    audit: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityUpdate:
+    """The result of an identity check made during this turn."""
+
+    status: IdentityStatus
+    patient_id: str | None = None
 
 
 class DecisionStep(Protocol):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -48,6 +49,7 @@ class Outcome(StrEnum):
 class Result:
     outcome: Outcome
     outbox: tuple[Outbound, ...] = ()
+    decision: str = ""  # the decision's code (processed messages)
 
 
 def _message_id() -> str:
@@ -56,13 +58,15 @@ def _message_id() -> str:
 
 class Pipeline:
     def __init__(self, *, config: Config, store: Store, ingress: Ingress, audit: AuditLog,
-                 decision_step: DecisionStep) -> None:
+                 decision_step: DecisionStep,
+                 clock: Callable[[], datetime] = utcnow) -> None:
         self._config = config
         self._store = store
         self._audit = audit
         self._ingress = ingress
         self._decide = decision_step
         self._workers = config.app.workers
+        self._clock = clock  # `patientbot simulate` and readiness drive it
 
     async def handle(self, entry: IngressEntry, *, waited: float = 0.0) -> Result:
         """Process one entry. `waited` is how long the caller has been deferring it."""
@@ -95,7 +99,7 @@ class Pipeline:
             # Past order_wait_seconds a message is processed out of order rather than held.
             session.last_seq = max(session.last_seq, entry.seq)
 
-            now = utcnow()
+            now = self._clock()
             self._apply_channel_identity(session, inbound, now)
             try:
                 # A decision that hangs (a slow NLU server) is an error like any other: the
@@ -113,7 +117,7 @@ class Pipeline:
             await self._store.commit(turn, lease_seconds=ttl, release=start.lease)
 
         self._record(inbound, decision, turn, bound)
-        return Result(Outcome.PROCESSED, tuple(turn.outbox))
+        return Result(Outcome.PROCESSED, tuple(turn.outbox), decision.code)
 
     @staticmethod
     def _apply_channel_identity(session: Session, inbound: Inbound, now: datetime) -> None:
@@ -131,7 +135,15 @@ class Pipeline:
                                                _message_id(), inbound.received_at))
         if decision.language:
             session.language = decision.language
+        if decision.drop_slots:
+            session.slots = {name: value for name, value in session.slots.items()
+                             if not name.startswith(decision.drop_slots)}
         session.slots.update(decision.slots)
+        if decision.identity:
+            session.identity = decision.identity.status
+            session.patient_id = decision.identity.patient_id or session.patient_id
+            session.identity_verified_at = now if decision.identity.status is \
+                IdentityStatus.VERIFIED else session.identity_verified_at
         if decision.handoff:
             request = decision.handoff
             ticket = HandoffTicket(conversation_id=session.conversation_id,
@@ -163,6 +175,7 @@ class Pipeline:
                              f"{entry.entry_id}:{decision.code}")]
         events += [AuditEvent("handoff.created", "bot", conversation, ticket.id)
                    for ticket in turn.tickets]
+        events += [AuditEvent(action, "bot", conversation, ref) for action, ref in decision.audit]
         return events
 
     @staticmethod

@@ -9,6 +9,7 @@ import asyncio
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import redis.asyncio as redis
 import structlog
@@ -16,7 +17,8 @@ import structlog
 from bot.audit import AuditChain, AuditLog, MemoryAuditLog, RedisAuditLog
 from bot.config import Config
 from bot.decision import DecisionStep
-from bot.identity import ConfigPatientDirectory, PatientDirectory
+from bot.envelopes import utcnow
+from bot.identity import EncryptedPatientDirectory, PatientDirectory
 from bot.ingress import Ingress, IngressQueue, MemoryIngressQueue, RedisIngressQueue
 from bot.outbox import OutboxDispatcher
 from bot.pipeline import Pipeline
@@ -34,12 +36,10 @@ HOUR = 3600.0
 DecisionFactory = Callable[[Config], DecisionStep]
 
 
-def load_decision_step(spec: str | None) -> DecisionFactory:
-    """`module:attribute` naming a factory taking the Config (default: NLU triage)."""
+def load_decision_step(spec: str | None) -> DecisionFactory | None:
+    """`module:attribute` naming a factory taking the Config (default, None: the engine)."""
     if not spec:
-        from bot.triage import NluTriage
-
-        return NluTriage
+        return None
     module_name, _, attribute = spec.partition(":")
     return getattr(importlib.import_module(module_name), attribute)
 
@@ -70,13 +70,15 @@ class Runtime:
     channels: ChannelRegistry
     directory: PatientDirectory
     audit: AuditLog
+    decision_step: DecisionStep
     _redis: redis.Redis | None = None
     _worker_tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     def build(cls, config: Config, settings: Settings, *,
-              decision_step: DecisionFactory | None = None) -> Runtime:
+              decision_step: DecisionFactory | None = None,
+              clock: Callable[[], datetime] = utcnow) -> Runtime:
         keys = settings.keys
         limits = config.app.limits
         store_options = {"dedupe_ttl": limits.dedupe_ttl_hours * HOUR,
@@ -106,18 +108,24 @@ class Runtime:
         channels = ChannelRegistry()
         channels.register(PortalAdapter(store))
         lease = config.app.workers.lock_ttl_seconds
-        step = decision_step or load_decision_step(None)
+        if decision_step is None:
+            from bot.engine import Engine
+
+            step: DecisionStep = Engine.build(config, store=store, keys=keys)
+        else:
+            step = decision_step(config)
         return cls(
             config=config,
             settings=settings,
             store=store,
             ingress=ingress,
             pipeline=Pipeline(config=config, store=store, ingress=ingress, audit=audit,
-                              decision_step=step(config)),
+                              decision_step=step, clock=clock),
             dispatcher=OutboxDispatcher(store, channels, audit, lease_seconds=lease),
             channels=channels,
-            directory=ConfigPatientDirectory(config.patients),
+            directory=EncryptedPatientDirectory(config.patients, keys.sealer, keys.hasher),
             audit=audit,
+            decision_step=step,
             _redis=client,
         )
 

@@ -28,7 +28,7 @@ from bot.audit import AuditEvent, AuditLog
 from bot.config import Config
 from bot.crypto import Hasher
 from bot.envelopes import Inbound, Outbound, utcnow
-from bot.identity import PatientDirectory, normalise_name
+from bot.identity import PatientDirectory, normalise_name, parse_date
 from bot.ingress import Ingress
 from bot.session import Direction
 from bot.store import Store
@@ -172,8 +172,9 @@ class PortalChannel:
             if await self._store.count_get(namespace, item_id) >= allowed:
                 log.warning("portal sign-in rate limited", counter=namespace)
                 return _error(429, SIGNIN_LOCKED)
-        patient_id = await self._directory.match(name, dob)
-        if patient_id is None:
+        born = parse_date(dob)
+        found = await self._directory.match(name, born) if born else None
+        if found is None:
             window = self._portal.signin_lockout_minutes * 60
             for namespace, item_id, _ in counters:
                 await self._store.count_hit(namespace, item_id, window=window)
@@ -182,6 +183,7 @@ class PortalChannel:
             return _error(401, SIGNIN_FAILED)
         sid = secrets.token_urlsafe(24)
         issued = utcnow()
+        patient_id = found.patient_id
         await self._store.kv_set("portal", self._ref(sid), {"patient_id": patient_id,
                                                  "issued_at": issued.isoformat()},
                                  ttl=self._portal.idle_timeout_minutes * 60)

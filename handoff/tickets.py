@@ -12,7 +12,13 @@ from bot.envelopes import utcnow
 
 class Priority(StrEnum):
     NORMAL = "normal"
-    URGENT = "urgent"
+    URGENT = "urgent"  # clinical after hours, upset patients: ahead of normal work
+    EMERGENCY = "emergency"  # emergency script sent: first in the lane, on-call paged
+
+    @property
+    def rank(self) -> int:
+        """Lower is served first."""
+        return {"emergency": 0, "urgent": 1, "normal": 2}[self.value]
 
 
 class TicketStatus(StrEnum):
@@ -23,21 +29,38 @@ class TicketStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class HandoffNote:
-    """The structured note an agent reads first (template from the domain notes).
+    """The structured note an agent reads first: factual, what the patient said and which
+    approved action followed, no interpretation (template from the domain notes).
 
-    `summary` may quote the patient and is PHI (sealed at rest); the other fields are codes.
+    `summary` (the patient's words) and `collected` (fields the bot captured) are PHI and
+    sealed at rest; every other field is a code or a configured name.
     """
 
-    contact_reason: str
-    checks_done: str
+    contact_reason: str  # intent
+    checks_done: str  # identity checks and their result
     action_taken: str
     queue: str
-    callback_window: str
+    callback_window: str  # as promised to the patient, e.g. "1 business day"
     unresolved: str
     summary: str = ""
     # What the NLU decided and why, as codes (intent, confidence, safety level and cue
     # categories, language, classifier backend); never patient text.
     triage: str = ""
+    confidence: float | None = None
+    safety: str = "none"
+    safety_cues: tuple[str, ...] = ()
+    identity: str = "not_required"  # not_required | verified | portal_session | failed | ...
+    owner: str = ""  # who answers for this handoff now (on-call owner after hours)
+    escalation: tuple[str, ...] = ()  # backup owner, then supervisor
+    callback_due: str = ""  # ISO time the callback window ends
+    after_hours: bool = False
+    page: str = ""  # who was paged at once (emergencies)
+    language: str = ""
+    channel: str = ""
+    nlu_backend: str = ""
+    script: str = ""  # id@version of the approved script that ran
+    transcript_ref: str = ""
+    collected: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

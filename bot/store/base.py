@@ -134,6 +134,15 @@ class Store(Protocol):
                      ttl: float) -> None:
         """A small sealed value with an expiry (portal sessions)."""
 
+    async def kv_create_all(self, namespace: str, item_ids: list[str], value: dict[str, Any],
+                            *, ttl: float) -> bool:
+        """Create every item (same sealed value, same expiry) only if none of them exists.
+
+        All or nothing, atomically even across processes: returns False and changes nothing
+        when any item already exists. This is how bookings claim their time (no double
+        booking), so a partial claim must never be visible to anyone.
+        """
+
     async def kv_delete(self, namespace: str, item_id: str) -> None: ...
 
     async def count_hit(self, namespace: str, item_id: str, *, window: float) -> int:

@@ -112,6 +112,8 @@ class Codec:
         record = f"ticket:{ticket.id}"
         note = asdict(ticket.note)
         note["summary"] = self._sealer.seal(note["summary"], record=record, field="summary")
+        note["collected"] = self._sealer.seal(_dump(note["collected"]), record=record,
+                                              field="collected")
         return _dump({
             "id": ticket.id,
             "conversation_id": ticket.conversation_id,
@@ -128,8 +130,12 @@ class Codec:
     def parse_ticket(self, raw: str | bytes) -> HandoffTicket:
         data = json.loads(raw)
         note = data["note"]
-        note["summary"] = self._sealer.open(note["summary"], record=f"ticket:{data['id']}",
-                                            field="summary")
+        record = f"ticket:{data['id']}"
+        note["summary"] = self._sealer.open(note["summary"], record=record, field="summary")
+        note["collected"] = json.loads(self._sealer.open(note["collected"], record=record,
+                                                         field="collected"))
+        note["safety_cues"] = tuple(note["safety_cues"])
+        note["escalation"] = tuple(note["escalation"])
         return HandoffTicket(
             id=data["id"],
             conversation_id=data["conversation_id"],

@@ -229,6 +229,16 @@ class MemoryStore:
                      ttl: float) -> None:
         self._kv.set(f"{namespace}:{item_id}", self._codec.value(namespace, item_id, value), ttl)
 
+    async def kv_create_all(self, namespace: str, item_ids: list[str], value: dict[str, Any],
+                            *, ttl: float) -> bool:
+        # Seal first, then check and set with no await in between: atomic within the loop.
+        sealed = {item_id: self._codec.value(namespace, item_id, value) for item_id in item_ids}
+        if any(self._kv.get(f"{namespace}:{item_id}") is not None for item_id in item_ids):
+            return False
+        for item_id, raw in sealed.items():
+            self._kv.set(f"{namespace}:{item_id}", raw, ttl)
+        return True
+
     async def kv_delete(self, namespace: str, item_id: str) -> None:
         self._kv.pop(f"{namespace}:{item_id}")
 

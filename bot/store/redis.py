@@ -57,6 +57,16 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return cursor
 """
+# Create every key (KEYS) with its value (ARGV[i + 1]) and expiry (ARGV[1]) only if none exists.
+_CREATE_ALL = """
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
+end
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[1])
+end
+return 1
+"""
 _COUNT = """
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
@@ -84,6 +94,7 @@ class RedisStore:
         self._claim = client.register_script(_CLAIM)
         self._mailbox_append = client.register_script(_MAILBOX_APPEND)
         self._count = client.register_script(_COUNT)
+        self._create_all = client.register_script(_CREATE_ALL)
 
     @classmethod
     def from_url(cls, url: str, sealer: Sealer, hasher: Hasher, **options: Any) -> RedisStore:
@@ -241,6 +252,14 @@ class RedisStore:
                      ttl: float) -> None:
         await self._r.set(self._k("kv", namespace, item_id),
                           self._codec.value(namespace, item_id, value), px=_ms(ttl))
+
+    async def kv_create_all(self, namespace: str, item_ids: list[str], value: dict[str, Any],
+                            *, ttl: float) -> bool:
+        if not item_ids:
+            return True
+        keys = [self._k("kv", namespace, item_id) for item_id in item_ids]
+        sealed = [self._codec.value(namespace, item_id, value) for item_id in item_ids]
+        return bool(await self._create_all(keys=keys, args=[_ms(ttl), *sealed]))
 
     async def kv_delete(self, namespace: str, item_id: str) -> None:
         await self._r.delete(self._k("kv", namespace, item_id))

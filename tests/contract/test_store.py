@@ -223,3 +223,48 @@ async def test_a_commit_does_not_release_a_lock_it_no_longer_holds(store) -> Non
             with pytest.raises(LockTimeout):  # the other holder still has it
                 async with store.lock(session.key.id, timeout=0.1):
                     pass
+
+
+async def test_kv_create_all_creates_every_item(store) -> None:
+    assert await store.kv_create_all("slot", ["a", "b", "c"], {"booking": "B1"}, ttl=10)
+    for item_id in ("a", "b", "c"):
+        assert await store.kv_get("slot", item_id) == {"booking": "B1"}
+
+
+async def test_kv_create_all_refuses_when_one_exists_and_creates_none(store) -> None:
+    await store.kv_set("slot", "b", {"booking": "old"}, ttl=10)
+    assert not await store.kv_create_all("slot", ["a", "b", "c"], {"booking": "new"}, ttl=10)
+    assert await store.kv_get("slot", "a") is None
+    assert await store.kv_get("slot", "b") == {"booking": "old"}
+    assert await store.kv_get("slot", "c") is None
+    assert await store.kv_create_all("other", ["b"], {"booking": "new"}, ttl=10)  # namespaced
+
+
+async def test_kv_create_all_items_expire(store) -> None:
+    assert await store.kv_create_all("slot", ["a", "b"], {"booking": "B1"}, ttl=0.2)
+    assert not await store.kv_create_all("slot", ["b"], {"booking": "B2"}, ttl=10)
+    await asyncio.sleep(0.3)
+    assert await store.kv_get("slot", "a") is None
+    assert await store.kv_create_all("slot", ["a", "b"], {"booking": "B2"}, ttl=10)
+    assert await store.kv_get("slot", "b") == {"booking": "B2"}
+
+
+async def test_kv_create_all_racing_overlapping_sets_never_overlap(store) -> None:
+    # 30 tasks each claim 3 consecutive cells out of 12; winners must be pairwise disjoint
+    # and every cell held must belong to the winner that claimed it.
+    claims = {n: [f"c{(n + i) % 12}" for i in range(3)] for n in range(30)}
+
+    async def claim(n: int) -> bool:
+        await asyncio.sleep(0)
+        return await store.kv_create_all("slot", claims[n], {"owner": n}, ttl=10)
+
+    results = await asyncio.gather(*(claim(n) for n in claims))
+    winners = [n for n, won in zip(claims, results, strict=True) if won]
+    assert winners
+    taken = [cell for n in winners for cell in claims[n]]
+    assert len(taken) == len(set(taken))
+    for n in winners:
+        for cell in claims[n]:
+            assert await store.kv_get("slot", cell) == {"owner": n}
+    for n in set(claims) - set(winners):  # every loser collided with some winner
+        assert set(claims[n]) & set(taken)

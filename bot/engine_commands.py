@@ -1,0 +1,35 @@
+"""`patientbot simulate` and `patientbot readiness`: prove the workflow before launch."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from bot.config import load_config
+from bot.settings import load_settings
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from bot.simulate import format_report, load_scenario, simulate
+
+    config = load_config(args.config)
+    scenario = load_scenario(args.scenario)
+    report = asyncio.run(simulate(scenario, config, load_settings(config)))
+    print(report.to_json() if args.json else format_report(report))
+    if report.failures:
+        print(f"patientbot: {len(report.failures)} expectation(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_engine_commands(commands: argparse._SubParsersAction,
+                        with_config: Callable[[argparse.ArgumentParser],
+                                              argparse.ArgumentParser]) -> None:
+    simulate = with_config(commands.add_parser(
+        "simulate", help="run a scripted conversation through the real pipeline"))
+    simulate.add_argument("scenario", type=Path, help="scenario YAML (see examples/scenarios)")
+    simulate.add_argument("--json", action="store_true", help="machine-readable output")
+    simulate.set_defaults(handler=cmd_simulate)
