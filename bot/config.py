@@ -143,6 +143,7 @@ class Templates(_Model):
     on_call_ack: str  # clinical message after hours, to the on-call owner
     lane_ack: str
     lane_ack_after_hours: str
+    closed_until: str  # added to other handoff replies while the team is closed
     human_ack: str
     upset_ack: str
     greeting_reply: str

@@ -211,10 +211,14 @@ class Engine:
                  unresolved: str, priority: Priority = Priority.NORMAL,
                  supervisor_owns: bool = False, say: str | None = None,
                  identity: str | None = None, fields: dict[str, str] | None = None,
-                 script: str = "", audit: tuple[tuple[str, str], ...] = ()) -> Decision:
+                 script: str = "", audit: tuple[tuple[str, str], ...] = (),
+                 intent: str | None = None) -> Decision:
         """Hand the conversation to `lane`: routed by the clock, a note, and the patient told
-        who will answer and when."""
-        intent = turn.verdict.intent
+        who will answer and when. A script or identity check in progress stops; what it
+        collected goes into the note."""
+        intent = intent or turn.verdict.intent
+        if fields is None and turn.session.state is SessionState.IN_SCRIPT:
+            fields, script = self._script_progress(turn.session)
         where = route(self._config, self._coverage, lane, now=turn.now, intent=intent,
                       priority=priority, supervisor_owns=supervisor_owns)
         if where.on_call and priority is Priority.NORMAL:
@@ -227,8 +231,14 @@ class Engine:
             template = "on_call_ack"
         elif template == "lane_ack" and where.opens:
             template = "lane_ack_after_hours"
-        text = render(say, {"organisation": self._config.app.organisation, **values}) \
-            if say else self._text(template, turn.language, **values)
+        if say:
+            shown = {k: v for k, v in (fields or {}).items() if not k.startswith("_")}
+            text = render(say, {**shown, "organisation": self._config.app.organisation,
+                                **values})
+        else:
+            text = self._text(template, turn.language, **values)
+        if where.opens and (say or template != "lane_ack_after_hours"):
+            text = f"{text} {self._text('closed_until', turn.language, **values)}"
         identity = identity or self._identity_code(turn.session, turn.now, intent)
         note = build_note(inbound=turn.inbound, session=turn.session, parse=turn.parse,
                           route=where, contact_reason=intent, action=action,
@@ -242,6 +252,12 @@ class Engine:
                                                priority=priority),
                         drop_slots=(IDENTITY + "step", IDENTITY + "name", IDENTITY + "attempts",
                                     PENDING, SCRIPT, FIELD), audit=audit)
+
+    def _script_progress(self, session: Session) -> tuple[dict[str, str], str]:
+        """The fields a running script has collected, and its id@version."""
+        script = self._config.scripts.get(session.slots.get(SCRIPT + "id", ""))
+        fields = {k[len(FIELD):]: v for k, v in session.slots.items() if k.startswith(FIELD)}
+        return fields, f"{script.id}@{script.version}" if script else ""
 
     def _identity_code(self, session: Session, now: datetime, intent: str) -> str:
         """The identity line of the note: the check's result, or that none was needed."""
@@ -272,7 +288,8 @@ class Engine:
                                  action="request needs a stronger identity check than this "
                                         "channel allows; nothing disclosed",
                                  unresolved=f"verify identity by phone or portal, then handle "
-                                            f"{self._pending_intent(turn)}", audit=audit)
+                                            f"{self._pending_intent(turn)}", audit=audit,
+                                 intent=self._pending_intent(turn))
         return _with(decision, code="identity_strong_unavailable", identity=identity,
                      slots={IDENTITY_LEVEL_SLOT: "basic"} if identity else {})
 
@@ -324,7 +341,8 @@ class Engine:
                                      action=f"identity check failed {attempts} times; "
                                             "nothing disclosed",
                                      unresolved=f"verify identity, then handle "
-                                                f"{self._pending_intent(turn)}", audit=audit)
+                                                f"{self._pending_intent(turn)}", audit=audit,
+                                     intent=self._pending_intent(turn))
             return _with(decision, code="identity_failed",
                          identity=IdentityUpdate(IdentityStatus.FAILED))
         # The same words whether or not a record exists: nothing is revealed.

@@ -33,3 +33,21 @@ def add_engine_commands(commands: argparse._SubParsersAction,
     simulate.add_argument("scenario", type=Path, help="scenario YAML (see examples/scenarios)")
     simulate.add_argument("--json", action="store_true", help="machine-readable output")
     simulate.set_defaults(handler=cmd_simulate)
+    readiness = with_config(commands.add_parser(
+        "readiness", help="pre-launch check: common requests through the real pipeline"))
+    readiness.set_defaults(handler=cmd_readiness)
+
+
+def cmd_readiness(args: argparse.Namespace) -> int:
+    from bot.envelopes import utcnow
+    from bot.readiness import format_table, run_readiness
+
+    config = load_config(args.config)
+    results = asyncio.run(run_readiness(config, now=utcnow()))
+    print(format_table(config, results))
+    failed = [result.case.name for result in results if not result.ok]
+    if failed:
+        print(f"patientbot: readiness FAILED for: {'; '.join(failed)}", file=sys.stderr)
+        return 1
+    print(f"\nreadiness OK: {len(results)} cases")
+    return 0
