@@ -112,8 +112,10 @@ def read_answer(ask: Ask, text: str, parse: ParseResult, fields: dict[str, str],
         case "option":
             value = _option(text, fields)
         case "medication" | "pharmacy":
-            value = _entity(parse, ask.kind) or (
-                text if sum(c.isalpha() for c in text) >= 3 else None)
+            # The whole answer: the dose on the label and the pharmacy's street or town
+            # (which the question asks for) are what staff need, not just the known name.
+            value = text if _entity(parse, ask.kind) or sum(
+                c.isalpha() for c in text) >= 3 else None
         case "account":
             value = _entity(parse, "account", "mrn")
             if value is None:

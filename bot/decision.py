@@ -1,8 +1,9 @@
 """The decision step: what happens to one inbound message.
 
-`DecisionStep` is the seam the NLU and engine fill in. Until they land, `FrontDeskHandoff`
-hands every new request to the front_desk lane with a structured note and tells the patient.
-A decision is data; the pipeline turns it into a committed turn.
+`DecisionStep` is the seam the engine (bot/engine.py) fills. `FrontDeskHandoff` hands every
+new request to the front_desk lane with a note; the pipeline-mechanics tests and benchmark
+use it so they measure the pipeline, not the NLU. A decision is data; the pipeline turns it
+into a committed turn.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def checks_done(session: Session) -> str:
 
 def front_desk_handoff(config: Config, inbound: Inbound, session: Session, *, reason: str,
                        action: str, unresolved: str) -> HandoffRequest:
+    """A handoff to front_desk that needs no NLU or clock (the error boundary uses it)."""
+    queue = config.queues["front_desk"]
     return HandoffRequest(
         lane="front_desk",
         reason=reason,
@@ -76,9 +79,14 @@ def front_desk_handoff(config: Config, inbound: Inbound, session: Session, *, re
             checks_done=checks_done(session),
             action_taken=action,
             queue="front_desk",
-            callback_window="",
+            callback_window=queue.callback_window,
             unresolved=unresolved,
             summary=inbound.text[:NOTE_SUMMARY_CHARS],
+            owner=queue.owner or "",
+            escalation=tuple(n for n in (queue.backup_owner, queue.supervisor) if n),
+            language=session.language,
+            channel=inbound.channel,
+            transcript_ref=session.transcript_ref,
         ),
     )
 

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bot.config import load_config
+from bot.config import Config, load_config
+from bot.logs import configure_logging
 from bot.settings import load_settings
+
+
+def _quiet_config(args: argparse.Namespace, level: int) -> Config:
+    """These commands print reports on stdout; logs go to stderr, and only problems."""
+    config = load_config(args.config)
+    configure_logging(production=config.app.environment == "production", level=level)
+    return config
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from bot.simulate import format_report, load_scenario, simulate
 
-    config = load_config(args.config)
+    config = _quiet_config(args, logging.WARNING)
     scenario = load_scenario(args.scenario)
     report = asyncio.run(simulate(scenario, config, load_settings(config)))
     print(report.to_json() if args.json else format_report(report))
@@ -42,7 +51,8 @@ def cmd_readiness(args: argparse.Namespace) -> int:
     from bot.envelopes import utcnow
     from bot.readiness import format_table, run_readiness
 
-    config = load_config(args.config)
+    # Readiness always runs in a private in-memory store: its storage warning is expected.
+    config = _quiet_config(args, logging.ERROR)
     results = asyncio.run(run_readiness(config, now=utcnow()))
     print(format_table(config, results))
     failed = [result.case.name for result in results if not result.ok]

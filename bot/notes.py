@@ -6,13 +6,13 @@ first. Patient words (`summary`) and collected fields are PHI and sealed at rest
 
 from __future__ import annotations
 
+from bot.decision import NOTE_SUMMARY_CHARS
 from bot.envelopes import Inbound
 from bot.routing import Route
 from bot.session import Session
 from handoff.tickets import HandoffNote
 from nlu.base import ParseResult
 
-NOTE_SUMMARY_CHARS = 500
 # Display values scripts show the patient; the note keeps what the patient gave.
 DISPLAY_FIELDS = frozenset({"options", "visit_type_name", "location_name", "address",
                             "preparation", "next_steps", "answer"})

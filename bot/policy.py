@@ -7,7 +7,8 @@ contract:
 1. emergency -> emergency script, page, priority clinical handoff: in any state, at any hour
 2. the same text again within the duplicate window -> not processed twice
 3. conversation already with a person -> relay to the open ticket
-4. clinical -> clinical lane; stops any identity check or script
+4. clinical -> clinical lane; stops any identity check or script (a short answer that is
+   clinical only by the classifier's intent guess is an answer: `_bare_answer`)
 5. a request for a person -> honoured at once
 6. upset wording or repeat contacts about the same thing -> patient experience / supervisor
 7. an identity check or script in progress -> the message answers it
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -28,6 +30,7 @@ from bot.config import Config
 from bot.session import IdentityStatus, Session, SessionState
 from nlu.base import OUT_OF_SCOPE, ParseResult, SafetyLevel
 from nlu.lexicon import PatternSet, normalise_patterns, sentences
+from nlu.text import fold_words
 
 SOCIAL = {"greeting": "greeting_reply", "thanks": "thanks_reply", "goodbye": "goodbye_reply"}
 HUMAN_AGENT = "human_agent"
@@ -36,6 +39,12 @@ FRONT_DESK = "front_desk"
 CLINICAL = "clinical"
 # Words naming a language the bot speaks, in a request for language help.
 LANGUAGE_NAMES = {"es": ("spanish", "espanol", "castellano"), "en": ("english", "ingles")}
+# Words that add nothing to an answer: "si, por favor" says no more than "si".
+COURTESY = frozenset({"please", "pls", "thanks", "thank", "you", "ok", "okay", "por", "favor",
+                      "gracias"})
+# Mid-question, a message this short that answers the question is read as an answer even when
+# the contact-reason classifier guessed a clinical intent for it (see `_bare_answer`).
+BARE_ANSWER_WORDS = 5
 
 # Session slots the policy reads (the engine writes them).
 DUPLICATE_SLOT = "policy.last_message"
@@ -157,10 +166,26 @@ def answer_fits(parse: ParseResult, session: Session, config: Config) -> bool:
 
 def _interrupts(parse: ParseResult, session: Session, config: Config) -> bool:
     """Mid-question, a new request interrupts when the message does not answer the question,
-    or when it is a confident request of a few words (a bare "1" or a date says little)."""
+    or when it is a confident request of a few words (a bare "1", a date or "si, por favor"
+    says little)."""
     if parse.confidence < config.policy.interrupt_confidence:
         return False
-    return len(parse.text.split()) >= 3 or not answer_fits(parse, session, config)
+    words = [w for w in re.findall(r"[a-z0-9]+", fold_words(parse.text)) if w not in COURTESY]
+    return len(words) >= 3 or not answer_fits(parse, session, config)
+
+
+def _bare_answer(parse: ParseResult, session: Session, config: Config) -> bool:
+    """A short answer to the bot's question that is clinical only because the contact-reason
+    classifier guessed a clinical intent for it. The classifier reads requests, and a bare
+    answer such as "lisinopril 10mg" or "all of 2025" looks like a medication question or a
+    symptom to it; the policy does not act on its intent mid-question, so neither does the
+    safety level derived from that intent. Cues from the safety lexicon or the trained
+    safety scores still stop the script."""
+    cues = parse.safety_cues
+    return (answering_question(session) and bool(cues)
+            and all(cue.startswith("intent:") for cue in cues)
+            and len(parse.text.split()) <= BARE_ANSWER_WORDS and "?" not in parse.text
+            and answer_fits(parse, session, config))
 
 
 def decide(parse: ParseResult, session: Session, config: Config, now: datetime) -> Verdict:
@@ -171,7 +196,7 @@ def decide(parse: ParseResult, session: Session, config: Config, now: datetime) 
         return Verdict(Kind.DUPLICATE, intent)
     if session.state is SessionState.HANDED_OFF and session.open_ticket_id:
         return Verdict(Kind.RELAY, intent)
-    if parse.safety is SafetyLevel.CLINICAL:
+    if parse.safety is SafetyLevel.CLINICAL and not _bare_answer(parse, session, config):
         template = "clinical_ack"
         return Verdict(Kind.CLINICAL, intent, CLINICAL, "clinical", template)
     confident = not answering_question(session) or _interrupts(parse, session, config)

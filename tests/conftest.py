@@ -132,8 +132,8 @@ def settings(backend: str, keys: KeyMaterial, prefix: str, redis_client: redis.R
 
 @pytest.fixture
 async def runtime(config: Config, settings: Settings) -> AsyncIterator[Runtime]:
-    # Pipeline mechanics are tested with the fixed front-desk step; NLU triage has its own
-    # tests (tests/integration/test_triage.py).
+    # Pipeline mechanics are tested with the fixed front-desk step; the engine has its own
+    # tests (tests/integration/test_engine_pipeline.py and the scenarios).
     rt = Runtime.build(config, settings, decision_step=FrontDeskHandoff)
     yield rt
     await rt.close()

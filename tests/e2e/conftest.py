@@ -96,7 +96,7 @@ def portal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortalSe
     command = [str(PATIENTBOT), "serve", "--host", "127.0.0.1", "--port", str(port),
                "--config", str(CONFIG_DIR),
                # Portal mechanics with the fixed front-desk step (its reply is predictable);
-               # NLU triage is tested in tests/integration/test_triage.py.
+               # The engine is tested in tests/integration/test_engine_pipeline.py.
                "--decision-step", "bot.decision:FrontDeskHandoff"]
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=out, stderr=err,
