@@ -75,3 +75,8 @@ class HandoffTicket:
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
+
+    @property
+    def queue_score(self) -> float:
+        """Order within a lane: emergency, then urgent, then normal; oldest first in each."""
+        return self.priority.rank * 1e10 + self.created_at.timestamp()

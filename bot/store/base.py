@@ -117,7 +117,8 @@ class Store(Protocol):
     async def get_ticket(self, ticket_id: str) -> HandoffTicket | None: ...
 
     async def tickets_in_lane(self, lane: str) -> list[HandoffTicket]:
-        """Tickets of one lane, oldest first."""
+        """Tickets of one lane in serving order: emergency, urgent, then normal priority,
+        oldest first within each."""
 
     async def mailbox_append(self, conversation_id: str, message_id: str, text: str,
                              at: datetime) -> int:

@@ -174,8 +174,7 @@ class RedisStore:
             pipe.zadd(self._k("oq"), {message.id: due}, nx=True)
         for ticket in turn.tickets:
             pipe.set(self._k("tk", ticket.id), self._codec.ticket(ticket), px=retention)
-            pipe.zadd(self._k("lane", ticket.lane), {ticket.id: ticket.created_at.timestamp()},
-                      nx=True)
+            pipe.zadd(self._k("lane", ticket.lane), {ticket.id: ticket.queue_score}, nx=True)
         if turn.processed:
             pipe.set(self._dedupe_key(*turn.processed), b"1", px=_ms(self._dedupe_ttl))
         if release is not None and not release.released:
@@ -220,6 +219,7 @@ class RedisStore:
         return None if raw is None else self._codec.parse_ticket(raw)
 
     async def tickets_in_lane(self, lane: str) -> list[HandoffTicket]:
+        """Emergency first, then urgent, then normal; oldest first within each."""
         ids = await self._r.zrange(self._k("lane", lane), 0, -1)
         if not ids:
             return []

@@ -20,7 +20,8 @@ def make_session(n: int = 1) -> Session:
 
 def note(summary: str = "wants to move a visit") -> HandoffNote:
     return HandoffNote(contact_reason="unclassified", checks_done="none", action_taken="handed",
-                       queue="front_desk", callback_window="", unresolved="", summary=summary)
+                       queue="front_desk", callback_window="", unresolved="", summary=summary,
+                       collected={"medication": "x"}, safety_cues=("chest_pain",))
 
 
 def reply(session: Session, text: str = "hello") -> Outbound:
@@ -105,6 +106,25 @@ async def test_commit_writes_everything(store) -> None:
     assert await store.get_ticket(ticket.id) == ticket
     assert await store.tickets_in_lane("front_desk") == [ticket]
     assert await store.tickets_in_lane("billing") == []
+
+
+async def test_a_lane_serves_emergency_then_urgent_then_oldest(store) -> None:
+    session = make_session()
+    start = utcnow()
+
+    def ticket(minutes: int, priority: Priority) -> HandoffTicket:
+        return HandoffTicket(conversation_id=session.conversation_id, channel="sms",
+                             lane="clinical", reason="r", note=note(), priority=priority,
+                             created_at=start + timedelta(minutes=minutes))
+
+    old, newer = ticket(0, Priority.NORMAL), ticket(1, Priority.NORMAL)
+    urgent, emergency = ticket(2, Priority.URGENT), ticket(3, Priority.EMERGENCY)
+    for item in (old, newer, urgent, emergency):
+        await store.commit(Turn(session=session, tickets=[item]))
+    assert [t.id for t in await store.tickets_in_lane("clinical")] == \
+        [emergency.id, urgent.id, old.id, newer.id]
+    # the sealed note fields survive the round trip
+    assert (await store.get_ticket(emergency.id)).note.collected == {"medication": "x"}
 
 
 async def test_transcript_appends_in_order_and_reads_from_an_index(store) -> None:

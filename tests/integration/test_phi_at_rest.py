@@ -111,3 +111,51 @@ async def test_no_phi_in_redis_keys_values_or_logs(config_dir: Path, live, backe
     logs = capsys.readouterr()
     for needle in NEEDLES:
         assert needle not in (logs.err + logs.out).lower(), f"PHI {needle!r} in the logs"
+
+
+async def test_engine_conversations_leave_no_phi_in_redis_or_logs(config_dir: Path, keys,
+                                                                  prefix: str, capsys) -> None:
+    """Identity check, a refill script (free-text answers) and a booking, through the engine
+    on real Redis: collected fields, names and dates are sealed; key names are hashes."""
+    from bot.config import load_config
+    from bot.settings import Settings
+    from bot.simulate import Scenario, simulate
+
+    with (config_dir / "patients.yml").open("a", encoding="utf-8") as patients:
+        patients.write(f"  - id: CANARY-P77\n    name: {CANARY_NAME}\n    dob: {CANARY_DOB}\n"
+                       f"    phone: \"{CANARY_PHONE}\"\n    email: {CANARY_EMAIL}\n")
+    config = load_config(config_dir)
+    configure_logging(production=True)
+    settings = Settings(redis_url=redis_url(), redis_prefix=prefix, keys=keys)
+    sms = {"channel": "sms", "sender": CANARY_PHONE}
+    scenario = Scenario.model_validate({
+        "name": "canary", "start": "2026-12-07T10:00:00-05:00", "turns": [
+            {**sms, "text": "I need a refill please"},
+            {**sms, "text": CANARY_NAME},
+            {**sms, "text": "05/09/1971"},
+            {**sms, "text": "CANARYMED-77 ointment", "expect": {"state": "in_script"}},
+            {**sms, "text": "Quillfeather pharmacy on Canary Road"},
+            {**sms, "text": "3", "expect": {"handoff": "pharmacy"}},
+            {"channel": "portal", "portal_patient": "CANARY-P77", "text": "book a flu shot"},
+            {"channel": "portal", "portal_patient": "CANARY-P77", "text": "next wednesday"},
+            {"channel": "portal", "portal_patient": "CANARY-P77", "text": "1"},
+        ], "expect_bookings": 1})
+    report = await simulate(scenario, config, settings)
+    assert report.failures == []
+    assert report.handoffs[0]["note"]["collected"]["medication"] == "CANARYMED-77 ointment"
+
+    client = redis.Redis.from_url(redis_url())
+    try:
+        everything = await dump_everything(client)
+    finally:
+        await client.aclose()
+    ours = [(k, v) for k, v in everything if k.startswith(prefix)]
+    assert any(":slot:" in key or "slot" in key for key, _ in ours), "the booking is stored"
+    needles = [*NEEDLES, "canarymed", "canary road", "canary-p77"]
+    for key, value in ours:
+        for needle in needles:
+            assert needle not in key.lower(), f"PHI {needle!r} in key name {key!r}"
+            assert needle not in value.lower(), f"PHI {needle!r} in the value of {key!r}"
+    logs = capsys.readouterr()
+    for needle in needles:
+        assert needle not in (logs.err + logs.out).lower(), f"PHI {needle!r} in the logs"
