@@ -186,7 +186,8 @@ class MemoryStore:
         return None if raw is None else self._codec.parse_ticket(raw)
 
     async def tickets_in_lane(self, lane: str) -> list[HandoffTicket]:
-        tickets = [self._codec.parse_ticket(self._tickets[tid]) for tid in self._lanes.get(lane, [])]
+        tickets = [self._codec.parse_ticket(self._tickets[ticket_id])
+                   for ticket_id in self._lanes.get(lane, [])]
         return sorted(tickets, key=lambda ticket: ticket.queue_score)
 
     async def mailbox_append(self, conversation_id: str, message_id: str, text: str,
