@@ -296,6 +296,9 @@ class Config(_Model):
             f"environment {self.app.environment}, time zone {self.app.timezone}, "
             f"{len(self.queues)} queues, {len(self.intents)} intents, "
             f"languages {', '.join(sorted(self.messages))}, "
+            f"{len(self.scripts)} approved scripts, {len(self.knowledge.knowledge)} knowledge "
+            f"answers, {len(self.scheduling.visit_types)} visit types, "
+            f"{len(self.scheduling.providers)} calendars, "
             f"{len(self.patients)} sample patients"
         )
 
@@ -446,6 +449,12 @@ def _check_engine_references(queues: dict[str, QueueConfig],
             if step.handoff and step.handoff.lane and step.handoff.lane not in queues:
                 raise ConfigError(f"{SCRIPTS_DIR}/{name}.yml", f"steps.{step.id}.handoff.lane",
                                   f"unknown queue {step.handoff.lane!r}")
+    upset = loaded["policy.yml"].upset
+    for language in ("en", "es"):
+        try:
+            _check_patterns(getattr(upset, language))
+        except ValueError as err:
+            raise ConfigError("policy.yml", f"upset.{language}", str(err)) from None
     scheduling = loaded["scheduling.yml"]
     for template_name, template in scheduling.templates.items():
         if template.schedule and template.schedule not in schedules:
