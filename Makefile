@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-rasa lint install bench bench-nlu config-check clean
+.PHONY: run test test-rasa lint install bench bench-nlu bench-engine config-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ bench: $(STAMP)
 # NLU latency, throughput, training time and memory (no Redis needed).
 bench-nlu: $(STAMP)
 	$(BIN)/python benchmarks/nlu_bench.py
+
+# Engine turns (MemoryStore and Redis), booking contention on Redis, readiness wall time.
+# Options go in BENCH_ARGS, e.g. `make bench-engine BENCH_ARGS=--json`.
+bench-engine: $(STAMP)
+	scripts/with-redis.sh $(BIN)/python benchmarks/engine_bench.py $(BENCH_ARGS)
 
 config-check: $(STAMP)
 	$(BIN)/patientbot config check
