@@ -234,24 +234,21 @@ class EmbeddedScheduler:
         providers = [p for p in self._cfg.providers
                      if (provider is None or p == provider) and self._bookable(visit_type, p)]
         found: list[Slot] = []
-        taken: dict[str, bool] = {}  # cell -> held; one read per cell per call
         today = now.astimezone(self._tz).date()
         for offset in range(self._cfg.booking.horizon_days + 1):
             day = today + timedelta(days=offset)
-            candidates = sorted((s for p in providers for s in self._day_slots(p, visit_type, day)),
+            candidates = sorted((s for p in providers for s in self._day_slots(p, visit_type, day)
+                                 if (after is None or s.start > after) and self._in_window(s, now)),
                                 key=lambda s: (s.start, s.provider))
+            # One round trip per day for every cell the day's candidates cover.
+            taken = await self._store.kv_existing(
+                CELLS, sorted({cell for slot in candidates for cell in self._cells(slot)}))
             for slot in candidates:
-                if len(found) >= limit:
-                    return found
-                if (after is not None and slot.start <= after) or not self._in_window(slot, now):
-                    continue
-                cells = self._cells(slot)
-                for cell in cells:
-                    if cell not in taken:
-                        taken[cell] = await self._store.kv_get(CELLS, cell) is not None
-                if not any(taken[cell] for cell in cells):
+                if not taken.intersection(self._cells(slot)):
                     found.append(slot)
-        return found[:limit]
+                    if len(found) >= limit:
+                        return found
+        return found
 
     async def book(self, patient_id: str, slot: Slot, *, now: datetime) -> Booking | None:
         if not self._valid(slot, now):

@@ -231,6 +231,10 @@ class MemoryStore:
                      ttl: float) -> None:
         self._kv.set(f"{namespace}:{item_id}", self._codec.value(namespace, item_id, value), ttl)
 
+    async def kv_existing(self, namespace: str, item_ids: list[str]) -> set[str]:
+        return {item_id for item_id in item_ids
+                if self._kv.get(f"{namespace}:{item_id}") is not None}
+
     async def kv_create_all(self, namespace: str, item_ids: list[str], value: dict[str, Any],
                             *, ttl: float) -> bool:
         # Seal first, then check and set with no await in between: atomic within the loop.

@@ -253,6 +253,15 @@ class RedisStore:
         await self._r.set(self._k("kv", namespace, item_id),
                           self._codec.value(namespace, item_id, value), px=_ms(ttl))
 
+    async def kv_existing(self, namespace: str, item_ids: list[str]) -> set[str]:
+        if not item_ids:
+            return set()
+        async with self._r.pipeline(transaction=False) as pipe:
+            for item_id in item_ids:
+                pipe.exists(self._k("kv", namespace, item_id))
+            found = await pipe.execute()
+        return {item_id for item_id, exists in zip(item_ids, found, strict=True) if exists}
+
     async def kv_create_all(self, namespace: str, item_ids: list[str], value: dict[str, Any],
                             *, ttl: float) -> bool:
         if not item_ids:

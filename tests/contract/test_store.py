@@ -245,6 +245,16 @@ async def test_a_commit_does_not_release_a_lock_it_no_longer_holds(store) -> Non
                     pass
 
 
+async def test_kv_existing_names_the_items_that_exist(store) -> None:
+    assert await store.kv_existing("slot", []) == set()
+    await store.kv_set("slot", "a", {"booking": "B1"}, ttl=10)
+    await store.kv_set("slot", "b", {"booking": "B2"}, ttl=0.2)
+    assert await store.kv_existing("slot", ["a", "b", "c"]) == {"a", "b"}
+    assert await store.kv_existing("other", ["a"]) == set()
+    await asyncio.sleep(0.35)
+    assert await store.kv_existing("slot", ["a", "b", "c"]) == {"a"}
+
+
 async def test_kv_create_all_creates_every_item(store) -> None:
     assert await store.kv_create_all("slot", ["a", "b", "c"], {"booking": "B1"}, ttl=10)
     for item_id in ("a", "b", "c"):
