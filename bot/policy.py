@@ -164,14 +164,30 @@ def answer_fits(parse: ParseResult, session: Session, config: Config) -> bool:
                        scheduling=config.scheduling) is not None
 
 
+def _expects_words(session: Session, config: Config) -> bool:
+    """Whether the question takes free words (a name, a description) rather than a yes/no,
+    a number, a date or a choice."""
+    if session.state is SessionState.AWAITING_IDENTITY:
+        return session.slots.get("identity.step") != "dob"
+    script = config.scripts.get(session.slots.get("script.id", ""))
+    step = script.step(session.slots["script.step"]) if script else None
+    return step is None or step.ask is None or step.ask.kind in ("text", "medication",
+                                                                  "pharmacy")
+
+
 def _interrupts(parse: ParseResult, session: Session, config: Config) -> bool:
     """Mid-question, a new request interrupts when the message does not answer the question,
-    or when it is a confident request of a few words (a bare "1", a date or "si, por favor"
-    says little)."""
+    or when it is a confident request of a few words (a bare "1", a date or, to a yes/no
+    question, "si, por favor" says little)."""
     if parse.confidence < config.policy.interrupt_confidence:
         return False
-    words = [w for w in re.findall(r"[a-z0-9]+", fold_words(parse.text)) if w not in COURTESY]
-    return len(words) >= 3 or not answer_fits(parse, session, config)
+    if not answer_fits(parse, session, config):
+        return True
+    words = parse.text.split()
+    if not _expects_words(session, config):
+        words = [w for w in re.findall(r"[a-z0-9]+", fold_words(parse.text))
+                 if w not in COURTESY]
+    return len(words) >= 3
 
 
 def _bare_answer(parse: ParseResult, session: Session, config: Config) -> bool:
