@@ -18,6 +18,7 @@ from nlu.text import fold_words
 
 YES = {"yes", "y", "yeah", "yep", "yup", "sure", "ok", "okay", "correct", "right", "confirm",
        "si", "claro", "vale", "correcto", "confirmo", "afirmativo", "dale"}
+YES_PHRASES = {"esta bien", "de acuerdo", "por supuesto", "go ahead", "of course", "that works"}
 NO = {"no", "n", "nope", "nah", "negative", "cancel", "keep", "never", "nunca", "negativo"}
 ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "primero": 1,
             "primera": 1, "segundo": 2, "segunda": 2, "tercero": 3, "tercera": 3,
@@ -27,6 +28,7 @@ NUMBER_WORDS = {"zero": 0, "none": 0, "one": 1, "two": 2, "three": 3, "four": 4,
                 "ninguno": 0, "uno": 1, "una": 1, "dos": 2, "tres": 3, "cuatro": 4,
                 "cinco": 5, "seis": 6, "siete": 7, "ocho": 8, "nueve": 9, "diez": 10}
 OPTIONS_FIELD = "_options"
+PREFILLED_KINDS = frozenset({"visit_type", "medication", "pharmacy"})
 _EMAIL = re.compile(r"[^@\s<>]+@[^@\s<>]+\.[a-z]{2,}", re.IGNORECASE)
 _ACCOUNT = re.compile(r"\b[A-Za-z]{0,4}-?\d{4,14}\b")
 _INTEGER = re.compile(r"\b\d{1,4}\b")
@@ -40,8 +42,9 @@ def _entity(parse: ParseResult, *names: str) -> str | None:
     return next((e.value for e in parse.entities if e.entity in names), None)
 
 
-def _date_value(parse: ParseResult) -> str | None:
-    value = _entity(parse, "date", "date_of_birth")
+def _date_value(parse: ParseResult, kinds: tuple[str, ...] = ("date", "date_of_birth")
+                ) -> str | None:
+    value = _entity(parse, *kinds)
     if value and "-W" in value:  # "next week": the Monday of that ISO week
         year, week = value.split("-W")
         return date.fromisocalendar(int(year), int(week), 1).isoformat()
@@ -99,6 +102,8 @@ def read_answer(ask: Ask, text: str, parse: ParseResult, fields: dict[str, str],
         case "yes_no":
             words = _words(text)
             first = words[0] if words else ""
+            if " ".join(words[:2]) in YES_PHRASES:
+                first = "yes"
             value = "yes" if first in YES else "no" if first in NO else None
         case "number":
             value = _number(text)
@@ -135,15 +140,21 @@ def read_answer(ask: Ask, text: str, parse: ParseResult, fields: dict[str, str],
 
 def prefill(ask: Ask, parse: ParseResult, *, scheduling: SchedulingFile) -> dict[str, str]:
     """Fields the opening message already gives ("refill my lisinopril at CVS", "book a flu
-    shot"); only kinds that are unambiguous in an opening message."""
+    shot next friday"): by default only kinds that are unambiguous in an opening message."""
+    wanted = ask.prefill if ask.prefill is not None else ask.kind in PREFILLED_KINDS
+    if not wanted:
+        return {}
     if ask.kind == "visit_type":
         found = match_visit_type(parse.text, scheduling)
         if found:
             language = parse.language if parse.language in ("en", "es") else "en"
             return {ask.slot: found,
                     "visit_type_name": scheduling.visit_types[found].name.get(language)}
+        return {}
     if ask.kind in ("medication", "pharmacy"):
         value = _entity(parse, ask.kind)
-        if value:
-            return {ask.slot: value}
+        return {ask.slot: value} if value else {}
+    if ask.kind == "date":
+        value = _date_value(parse, ("date",))  # never a date of birth
+        return {ask.slot: value} if value else {}
     return {}

@@ -243,7 +243,8 @@ class Engine:
         note = build_note(inbound=turn.inbound, session=turn.session, parse=turn.parse,
                           route=where, contact_reason=intent, action=action,
                           unresolved=unresolved, identity=identity, language=turn.language,
-                          collected=fields, script=script)
+                          collected=fields, script=script,
+                          request=turn.session.slots.get(PENDING + "text", ""))
         if where.page:
             audit = (*audit, ("oncall.paged", lane))
         return Decision(code=turn.verdict.kind.value, replies=(text,),

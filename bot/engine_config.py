@@ -274,6 +274,9 @@ class Ask(_Model):
     reprompt: LocalText | None = None
     max_attempts: int = Field(2, ge=1, le=5)
     max_chars: int = Field(200, ge=1, le=2000)
+    # Take the answer from the opening message when it gives one ("a flu shot next friday").
+    # Default: on for visit_type, medication and pharmacy; off otherwise.
+    prefill: bool | None = None
 
 
 class Action(_Model):

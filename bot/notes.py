@@ -50,7 +50,12 @@ def collected_fields(fields: dict[str, str]) -> dict[str, str]:
 def build_note(*, inbound: Inbound, session: Session, parse: ParseResult, route: Route,
                contact_reason: str, action: str, unresolved: str, identity: str,
                language: str, collected: dict[str, str] | None = None,
-               script: str = "") -> HandoffNote:
+               script: str = "", request: str = "") -> HandoffNote:
+    """`request` is the message that started a script or identity check, when the handoff
+    comes later in the conversation: the note quotes it and the latest message."""
+    summary = inbound.text
+    if request and request != inbound.text:
+        summary = f"Request: {request[:NOTE_SUMMARY_CHARS // 2]} | Latest: {inbound.text}"
     return HandoffNote(
         contact_reason=contact_reason,
         checks_done=IDENTITY_CHECKS.get(identity, identity),
@@ -58,7 +63,7 @@ def build_note(*, inbound: Inbound, session: Session, parse: ParseResult, route:
         queue=route.lane,
         callback_window=route.window,
         unresolved=unresolved,
-        summary=inbound.text[:NOTE_SUMMARY_CHARS],
+        summary=summary[:NOTE_SUMMARY_CHARS],
         triage=triage_summary(parse),
         confidence=round(parse.confidence, 4),
         safety=parse.safety.value,
@@ -71,7 +76,7 @@ def build_note(*, inbound: Inbound, session: Session, parse: ParseResult, route:
         page=route.page,
         language=language,
         channel=inbound.channel,
-        nlu_backend=parse.backend + (" (fallback)" if parse.degraded else ""),
+        nlu_backend=parse.backend,  # says "(rasa unavailable)" when it fell back
         script=script,
         transcript_ref=session.transcript_ref,
         collected=collected_fields(collected or {}),

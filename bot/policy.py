@@ -5,10 +5,11 @@
 contract:
 
 1. emergency -> emergency script, page, priority clinical handoff: in any state, at any hour
-2. the same text again within the duplicate window -> not processed twice
-3. conversation already with a person -> relay to the open ticket
-4. clinical -> clinical lane; stops any identity check or script (a short answer that is
-   clinical only by the classifier's intent guess is an answer: `_bare_answer`)
+2. conversation already with a person -> relay to the open ticket (every message reaches
+   the agent, repeats included)
+3. the same text again within the duplicate window -> not processed twice
+4. clinical (the safety screen, or a clinical contact reason outside a question) -> clinical
+   lane; stops any identity check or script
 5. a request for a person -> honoured at once
 6. upset wording or repeat contacts about the same thing -> patient experience / supervisor
 7. an identity check or script in progress -> the message answers it
@@ -42,9 +43,6 @@ LANGUAGE_NAMES = {"es": ("spanish", "espanol", "castellano"), "en": ("english", 
 # Words that add nothing to an answer: "si, por favor" says no more than "si".
 COURTESY = frozenset({"please", "pls", "thanks", "thank", "you", "ok", "okay", "por", "favor",
                       "gracias"})
-# Mid-question, a message this short that answers the question is read as an answer even when
-# the contact-reason classifier guessed a clinical intent for it (see `_bare_answer`).
-BARE_ANSWER_WORDS = 5
 
 # Session slots the policy reads (the engine writes them).
 DUPLICATE_SLOT = "policy.last_message"
@@ -190,31 +188,17 @@ def _interrupts(parse: ParseResult, session: Session, config: Config) -> bool:
     return len(words) >= 3
 
 
-def _bare_answer(parse: ParseResult, session: Session, config: Config) -> bool:
-    """A short answer to the bot's question that is clinical only because the contact-reason
-    classifier guessed a clinical intent for it. The classifier reads requests, and a bare
-    answer such as "lisinopril 10mg" or "all of 2025" looks like a medication question or a
-    symptom to it; the policy does not act on its intent mid-question, so neither does the
-    safety level derived from that intent. Cues from the safety lexicon or the trained
-    safety scores still stop the script."""
-    cues = parse.safety_cues
-    return (answering_question(session) and bool(cues)
-            and all(cue.startswith("intent:") for cue in cues)
-            and len(parse.text.split()) <= BARE_ANSWER_WORDS and "?" not in parse.text
-            and answer_fits(parse, session, config))
-
-
 def decide(parse: ParseResult, session: Session, config: Config, now: datetime) -> Verdict:
     intent = parse.intent
     if parse.safety is SafetyLevel.EMERGENCY:
         return Verdict(Kind.EMERGENCY, intent, CLINICAL, "emergency", "emergency_script")
-    if is_duplicate(session, parse.text, now, config.policy.duplicate_window_seconds):
-        return Verdict(Kind.DUPLICATE, intent)
     if session.state is SessionState.HANDED_OFF and session.open_ticket_id:
         return Verdict(Kind.RELAY, intent)
-    if parse.safety is SafetyLevel.CLINICAL and not _bare_answer(parse, session, config):
-        template = "clinical_ack"
-        return Verdict(Kind.CLINICAL, intent, CLINICAL, "clinical", template)
+    if is_duplicate(session, parse.text, now, config.policy.duplicate_window_seconds):
+        return Verdict(Kind.DUPLICATE, intent)
+    clinical_reason = config.lane_of(intent) == CLINICAL and not answering_question(session)
+    if parse.safety is SafetyLevel.CLINICAL or clinical_reason:
+        return Verdict(Kind.CLINICAL, intent, CLINICAL, "clinical", "clinical_ack")
     confident = not answering_question(session) or _interrupts(parse, session, config)
     if intent == HUMAN_AGENT and confident:
         return Verdict(Kind.HUMAN, intent, config.lane_of(intent) or FRONT_DESK,

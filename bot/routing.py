@@ -43,8 +43,10 @@ def route(config: Config, coverage: Coverage, lane: str, *, now: datetime,
                        if name and name != owner)
     page = ""
     if priority is Priority.EMERGENCY:
-        # The on-call owner is paged whatever the hour; staff hours still decide the owner.
+        # The on-call owner is paged whatever the hour, and the callback is the on-call
+        # window, not the lane's business-hours promise.
         page = queue.on_call_owner or queue.owner or ""
+        window = queue.on_call_callback_window
     if coverage.is_open(queue.hours, now):
         return Route(lane, owner, escalation, window,
                      coverage.callback_due(queue.hours, now, window), after_hours=False,

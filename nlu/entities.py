@@ -43,6 +43,9 @@ _MONTHS = {
     **dict.fromkeys(["november", "nov", "noviembre"], 11),
     **dict.fromkeys(["december", "dec", "diciembre", "dic"], 12),
 }
+# Calendar words are never "corrected" into lexicon words by the safety screen ("marzo" is
+# not a misspelt "mareo").
+CALENDAR_WORDS = frozenset(word for word in (*_WEEKDAYS, *_MONTHS) if len(word) > 3)
 _RELATIVE = {
     **dict.fromkeys(["today", "tonight", "hoy", "esta noche", "esta tarde"], 0),
     **dict.fromkeys(["tomorrow", "tmrw", "tmrow", "tmr", "tmw", "tomorow", "tommorow",

@@ -26,16 +26,31 @@ from nlu.base import (
 )
 from nlu.data import TrainingData, read_file
 from nlu.embedded import EmbeddedModel, ModelCache, fingerprint
-from nlu.entities import EntityExtractor, today_in
+from nlu.entities import CALENDAR_WORDS, EntityExtractor, today_in
 from nlu.language import LanguageDetector
+from nlu.lexicon import sentences
 from nlu.safety import LexiconScreen, ModelScores, combine
 from nlu.text import PreparedText, prepare
 
 log = logging.getLogger("patientbot.nlu")
 CLINICAL_LANE = "clinical"
 INTERPRETER_INTENT = "language_assistance"
+# The trained components (safety model, clinical intents) raise the safety level only for
+# messages of at least this many words: on "no" or "está bien" their verdict is noise, and
+# such short replies are answers to the bot's questions. The lexicon judges every message;
+# no held-out emergency or clinical message shorter than this relies on the models.
+MIN_MODEL_WORDS = 4
+# A clinical contact reason makes a message clinical from this length: shorter answers such
+# as "todo el año 2025" or "lisinopril 10mg" look like symptoms or medicine questions to a
+# classifier trained on requests. (Held-out clinical messages caught only this way are all
+# much longer.)
+MIN_INTENT_WORDS = 6
 _SHARED: dict[str, NluService] = {}
 _INSTALL_ROOT = Path(__file__).resolve().parent.parent
+
+
+def word_count(text: str) -> int:
+    return sum(1 for tokens in sentences(text) for token in tokens if token != ",")
 
 
 def clinical_intents(config: Any) -> set[str]:
@@ -114,7 +129,8 @@ class NluService:
         self._nlu = config.nlu
         self.model = model
         self.classifier: IntentClassifier = classifier or EmbeddedClassifier(model)
-        self._screen = LexiconScreen(config.safety, known_words=model.known_words)
+        self._screen = LexiconScreen(config.safety,
+                                     known_words=[*model.known_words, *CALENDAR_WORDS])
         entities = config.nlu.entities
         self._entities = EntityExtractor(
             phone_region=entities.phone_region, date_order=entities.date_order,
@@ -175,6 +191,8 @@ class NluService:
                                                          strict=True)]
 
     def screen(self, text: str, scores: ModelScores | None = None) -> SafetyResult:
+        if word_count(text) < MIN_MODEL_WORDS:
+            scores = None  # the lexicon alone judges a one-to-three-word message
         thresholds = self._nlu.thresholds
         return combine(self._screen.screen(text), scores,
                        emergency_threshold=thresholds.safety_emergency,
@@ -195,7 +213,8 @@ class NluService:
             # The classifier knows English and Spanish only: an interpreter is the way in.
             notes.append("unsupported_language")
             intent = INTERPRETER_INTENT
-        elif intent in self._clinical and level is SafetyLevel.NONE:
+        elif (intent in self._clinical and level is SafetyLevel.NONE
+              and word_count(prepared.full) >= MIN_INTENT_WORDS):
             level = SafetyLevel.CLINICAL
             cues.append(f"intent:{intent}")
         if prediction.degraded:

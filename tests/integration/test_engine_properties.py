@@ -26,6 +26,11 @@ from tests.conftest import CONFIG_DIR, key_env
 
 START = datetime(2026, 12, 7, 5, 0, tzinfo=UTC)  # a Monday, before opening in New York
 SAFE_CODES = {"emergency", "clinical", "relay", "duplicate_message"}
+SAMPLE_ANSWERS = {"visit_type": "flu_shot", "date": "2026-12-09", "option": "0", "yes_no": "yes",
+                  "number": "3", "email": "a@example.org", "account": "88412345"}
+SAMPLE_OPTION = {"id": "b1", "provider": "nurse_clinic", "visit_type": "flu_shot",
+                 "start": "2026-12-21T09:00:00-05:00", "end": "2026-12-21T09:15:00-05:00",
+                 "location": "main"}
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +66,22 @@ def conversation(draw: st.DrawFn, config: Config) -> Session:
                               "pending.intent": "schedule_appointment",
                               "pending.text": "book a physical"})
     elif state is SessionState.IN_SCRIPT:
-        script = config.scripts[draw(st.sampled_from(sorted(config.scripts)))]
-        asks = [step for step in script.steps if step.ask] or script.steps[:1]
-        step = draw(st.sampled_from(asks))
-        session.slots.update({SCRIPT + "id": script.id, SCRIPT + "step": step.id,
+        scripts = sorted(name for name, script in config.scripts.items()
+                         if any(step.ask for step in script.steps))
+        script = config.scripts[draw(st.sampled_from(scripts))]
+        asks = [step for step in script.steps if step.ask]
+        waiting = draw(st.sampled_from(asks))
+        # A state the runner can reach: every earlier question answered plausibly.
+        fields = {FIELD + "_options": json.dumps([SAMPLE_OPTION]),
+                  FIELD + "_selected": json.dumps(SAMPLE_OPTION)}
+        for step in asks[:asks.index(waiting)]:
+            fields[FIELD + step.ask.slot] = SAMPLE_ANSWERS.get(step.ask.kind, "sample")
+        session.slots.update({SCRIPT + "id": script.id, SCRIPT + "step": waiting.id,
                               SCRIPT + "attempts": "0",
                               SCRIPT + "intent": next(
                                   (i for i, s in config.intents.items() if s.script == script.id),
                                   "schedule_appointment"),
-                              FIELD + "_options": json.dumps([])})
+                              **fields})
     return session
 
 

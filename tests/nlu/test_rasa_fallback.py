@@ -7,13 +7,16 @@ from pathlib import Path
 from prometheus_client import REGISTRY
 
 from bot.config import load_config
+from bot.crypto import load_key_material
+from bot.engine import Engine
 from bot.envelopes import ConversationKey, Inbound, utcnow
 from bot.session import Session
-from bot.triage import NluTriage
+from bot.store.memory import MemoryStore
 from nlu.service import NluService
-from tests.conftest import free_port
+from tests.conftest import free_port, key_env
 
 TEXT = "I need a copy of my medical records"
+HANDOFF_TEXT = "can I please talk to a real person at the front desk"
 
 
 def fallbacks() -> float:
@@ -23,7 +26,7 @@ def fallbacks() -> float:
 
 
 async def test_unreachable_rasa_falls_back_to_embedded_and_the_note_says_so(
-        config_dir: Path) -> None:
+        config_dir: Path, tmp_path: Path) -> None:
     nlu_file = config_dir / "nlu.yml"
     nlu_file.write_text(nlu_file.read_text()
                         .replace("backend: embedded", "backend: rasa")
@@ -34,8 +37,12 @@ async def test_unreachable_rasa_falls_back_to_embedded_and_the_note_says_so(
     before = fallbacks()
     try:
         result = await service.parse(TEXT)
-        decision = await NluTriage(config, nlu=service).decide(
-            Inbound(channel="portal", sender="P1001", provider_message_id="m1", text=TEXT),
+        keys = load_key_material(key_env(), tmp_path)
+        engine = Engine.build(config, store=MemoryStore(keys.sealer, keys.hasher), keys=keys,
+                              nlu=service)
+        decision = await engine.decide(
+            Inbound(channel="portal", sender="P1001", provider_message_id="m1",
+                    text=HANDOFF_TEXT),
             Session(key=ConversationKey("portal", "0" * 16), sender="P1001"), now=utcnow())
     finally:
         await service.aclose()
@@ -45,3 +52,4 @@ async def test_unreachable_rasa_falls_back_to_embedded_and_the_note_says_so(
     assert fallbacks() > before
     assert decision.handoff is not None
     assert "configured classifier unreachable" in decision.handoff.note.triage
+    assert decision.handoff.note.nlu_backend == "embedded (rasa unavailable)"
