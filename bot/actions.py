@@ -31,6 +31,8 @@ class ActionContext:
     fields: dict[str, str]
     request_text: str = ""  # the message that started the script
     extra: dict[str, str] = field(default_factory=dict)  # {team}, {window}, {organisation}
+    # PHI reads, writes and disclosures for the audit log: (action, booking id or count).
+    audit: list[tuple[str, str]] = field(default_factory=list)
 
     def values(self) -> dict[str, str]:
         """What `{name}` placeholders may show: collected fields and engine values."""
@@ -155,6 +157,7 @@ class Actions:
         self._describe(ctx, booking.visit_type, booking.provider, booking.location,
                        booking.start)
         ctx.fields["booking_ref"] = booking.id
+        ctx.audit.append(("appointment.booked", booking.id))
         return "booked"
 
     def _select(self, ctx: ActionContext, booking: dict[str, str]) -> None:
@@ -164,6 +167,7 @@ class Actions:
 
     async def _list_appointments(self, ctx: ActionContext) -> str:
         bookings = await self._scheduler.appointments(self._patient(ctx), now=ctx.now)
+        ctx.audit.append(("appointment.read", str(len(bookings))))
         if not bookings:
             return "none"
         items = [(self._booking_label(b, ctx.language), _booking_data(b)) for b in bookings]
@@ -191,6 +195,8 @@ class Actions:
         if (datetime.fromisoformat(booking["start"]) - ctx.now).total_seconds() < notice:
             return "too_late"
         done = await self._scheduler.cancel(self._patient(ctx), booking["id"], now=ctx.now)
+        if done:
+            ctx.audit.append(("appointment.cancelled", booking["id"]))
         return "cancelled" if done else "failed"
 
     async def _reschedule(self, ctx: ActionContext) -> str:
@@ -203,10 +209,13 @@ class Actions:
             return "taken"
         self._select(ctx, _booking_data(moved))
         ctx.fields["booking_ref"] = moved.id
+        ctx.audit.append(("appointment.rescheduled", moved.id))
         return "rescheduled"
 
     async def _describe_appointment(self, ctx: ActionContext) -> str:
-        self._select(ctx, self._selected(ctx))
+        selected = self._selected(ctx)
+        self._select(ctx, selected)
+        ctx.audit.append(("appointment.disclosed", selected["id"]))
         return "ok"
 
     # --- knowledge -------------------------------------------------------------------------

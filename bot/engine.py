@@ -188,10 +188,7 @@ class Engine:
             intro = self._text("bot_intro", turn.language)
             replies = (f"{intro} {replies[0]}", *replies[1:])
             slots[INTRODUCED_SLOT] = "1"
-        return Decision(code=decision.code, replies=replies, handoff=decision.handoff,
-                        state=decision.state, relay_to_ticket=decision.relay_to_ticket,
-                        language=turn.language, slots=slots, drop_slots=decision.drop_slots,
-                        identity=decision.identity, audit=decision.audit)
+        return replace(decision, replies=replies, language=turn.language, slots=slots)
 
     def _contacts(self, turn: _Turn) -> str:
         contacts: dict[str, list[str]] = json.loads(
@@ -389,6 +386,7 @@ class Engine:
                          ctx: ActionContext, identity: str, *, started: bool = False) -> Decision:
         script = self._config.scripts[script_id]
         ref = f"{script.id}@{script.version}"
+        audit = tuple(ctx.audit)
         if result.handoff:
             step = result.handoff
             lane = step.lane or self._config.lane_of(intent) or "front_desk"
@@ -399,7 +397,8 @@ class Engine:
                                      template="lane_ack", identity=identity,
                                      say=step.say.get(turn.language) if step.say else None,
                                      action=f"approved script {ref} ran; {step.reason}",
-                                     unresolved=step.unresolved, fields=ctx.fields, script=ref)
+                                     unresolved=step.unresolved, fields=ctx.fields, script=ref,
+                                     audit=audit)
             return _with(decision, replies=(*result.replies, *decision.replies),
                          code="script_handoff")
         if result.waiting_on:
@@ -410,10 +409,10 @@ class Engine:
                 slots[PENDING + "text"] = ctx.request_text[:1000]
             return Decision(code="script_started" if started else "script_step",
                             replies=tuple(result.replies), state=SessionState.IN_SCRIPT,
-                            slots=slots, drop_slots=(SCRIPT, FIELD))
+                            slots=slots, drop_slots=(SCRIPT, FIELD), audit=audit)
         return Decision(code="script_completed", replies=tuple(result.replies),
                         state=SessionState.ACTIVE, drop_slots=(SCRIPT, FIELD, PENDING),
-                        audit=(("script.completed", ref),))
+                        audit=(*audit, ("script.completed", ref)))
 
 
 def _with(decision: Decision, **changes: object) -> Decision:

@@ -102,3 +102,24 @@ async def test_repeated_out_of_scope_messages_go_to_the_front_desk(
     assert config.text("out_of_scope_reply", "en") in (await mailbox(engine_runtime))[0]
     [ticket] = await engine_runtime.store.tickets_in_lane("front_desk")
     assert ticket.reason == "not_understood_repeatedly"
+
+
+async def test_identity_checks_and_appointment_changes_are_audited(
+        engine_runtime: Runtime) -> None:
+    """An SMS patient verifies, books and then cancels: every PHI read and write is in the
+    tamper-evident audit log, as codes and ids only."""
+    from bot.envelopes import Inbound
+
+    texts = ["I'd like to book a flu shot", "Maria Lopez", "03/12/1984", "next wednesday", "1"]
+    for number, text in enumerate(texts, 1):
+        entry = await engine_runtime.ingress.submit(Inbound(
+            channel="sms", sender="+16175550101", provider_message_id=f"SMa{number}",
+            text=text))
+        await engine_runtime.pipeline.handle(entry)
+    actions = [entry.event.action for entry in await engine_runtime.audit.entries()]
+    assert "identity.verified" in actions
+    assert "appointment.booked" in actions
+    assert "script.completed" in actions
+    assert (await engine_runtime.audit.verify()).ok
+    for entry in await engine_runtime.audit.entries():
+        assert "Maria" not in entry.event.ref and "1984" not in entry.event.ref
