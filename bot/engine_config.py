@@ -98,11 +98,9 @@ def parse_ranges(value: str) -> list[tuple[time, time | None]]:
     return ranges
 
 
-class WeeklyHours(_Model):
-    """Opening hours of a schedule in its own time zone; holidays close it all day."""
+class _Week(_Model):
+    """Hours per weekday: 'closed' or ranges such as '08:00-12:00, 13:00-17:00'."""
 
-    timezone: TimeZoneName | None = None  # default: app.yml timezone
-    observe_holidays: bool = True
     monday: DayHours = "closed"
     tuesday: DayHours = "closed"
     wednesday: DayHours = "closed"
@@ -113,6 +111,13 @@ class WeeklyHours(_Model):
 
     def day(self, weekday: int) -> str:
         return getattr(self, WEEKDAYS[weekday])
+
+
+class WeeklyHours(_Week):
+    """Opening hours of a schedule in its own time zone; holidays close it all day."""
+
+    timezone: TimeZoneName | None = None  # default: app.yml timezone
+    observe_holidays: bool = True
 
 
 class HolidayRules(_Model):
@@ -187,21 +192,11 @@ class Provider(_Model):
     template: Identifier  # a slot template
 
 
-class SlotTemplate(_Model):
-    """Bookable hours per weekday ('closed' or ranges); slots start every `slot_minutes`."""
+class SlotTemplate(_Week):
+    """Bookable hours per weekday; slots start every `slot_minutes`."""
 
     slot_minutes: int = Field(30, ge=5, le=240)
-    monday: DayHours = "closed"
-    tuesday: DayHours = "closed"
-    wednesday: DayHours = "closed"
-    thursday: DayHours = "closed"
-    friday: DayHours = "closed"
-    saturday: DayHours = "closed"
-    sunday: DayHours = "closed"
     schedule: Identifier | None = None  # coverage schedule whose holidays close the calendar
-
-    def day(self, weekday: int) -> str:
-        return getattr(self, WEEKDAYS[weekday])
 
 
 class BookingRules(_Model):

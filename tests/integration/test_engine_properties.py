@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from bot.config import Config, load_config
 from bot.crypto import load_key_material
+from bot.decision import Decision
 from bot.engine import FIELD, IDENTITY, SCRIPT, Engine
 from bot.envelopes import ConversationKey, Inbound
 from bot.session import IdentityStatus, Session, SessionState
@@ -85,35 +86,37 @@ def conversation(draw: st.DrawFn, config: Config) -> Session:
     return session
 
 
-def inbound(text: str, at: datetime) -> Inbound:
-    return Inbound(channel="sms", sender="+16175550101", provider_message_id="p1", text=text,
-                   received_at=at)
-
-
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(data=st.data())
-async def test_clinical_and_emergency_messages_never_get_a_script_answer(world, data) -> None:
+async def decide_drawn(world, data: st.DataObject, pool: str) -> tuple[str, Session, Decision]:
+    """Draw a message from `pool`, a conversation state and a time; decide."""
     config, engine, texts = world
-    text = data.draw(st.sampled_from(texts["flagged"]))
+    text = data.draw(st.sampled_from(texts[pool]))
     session = data.draw(conversation(config))
     at = START + timedelta(minutes=data.draw(st.integers(0, 14 * 24 * 60)))
-    decision = await engine.decide(inbound(text, at), session, now=at)
+    message = Inbound(channel="sms", sender="+16175550101", provider_message_id="p1",
+                      text=text, received_at=at)
+    return text, session, await engine.decide(message, session, now=at)
+
+
+PROPERTY = settings(max_examples=150, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                           HealthCheck.too_slow])
+
+
+@PROPERTY
+@given(data=st.data())
+async def test_clinical_and_emergency_messages_never_get_a_script_answer(world, data) -> None:
+    text, session, decision = await decide_drawn(world, data, "flagged")
     assert decision.code in SAFE_CODES, (text, session.state, decision.code)
     if decision.handoff:
         assert decision.handoff.lane == "clinical"
         assert decision.state is SessionState.HANDED_OFF
 
 
-@settings(max_examples=200, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@PROPERTY
 @given(data=st.data())
 async def test_every_handoff_has_an_owner_and_a_callback_window(world, data) -> None:
-    config, engine, texts = world
-    text = data.draw(st.sampled_from(texts["any"]))
-    session = data.draw(conversation(config))
-    at = START + timedelta(minutes=data.draw(st.integers(0, 14 * 24 * 60)))
-    decision = await engine.decide(inbound(text, at), session, now=at)
+    config = world[0]
+    _, _, decision = await decide_drawn(world, data, "any")
     if decision.handoff:
         note = decision.handoff.note
         assert note.owner and note.callback_window and note.callback_due, decision.code
