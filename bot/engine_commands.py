@@ -22,16 +22,42 @@ def _quiet_config(args: argparse.Namespace, level: int) -> Config:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from bot.simulate import format_report, load_scenario, simulate
+    from bot.simulate import format_report, load_scenario
 
     config = _quiet_config(args, logging.WARNING)
     scenario = load_scenario(args.scenario)
-    report = asyncio.run(simulate(scenario, config, load_settings(config)))
+    report = asyncio.run(_simulate_isolated(scenario, config))
     print(report.to_json() if args.json else format_report(report))
     if report.failures:
         print(f"patientbot: {len(report.failures)} expectation(s) failed", file=sys.stderr)
         return 1
     return 0
+
+
+async def _simulate_isolated(scenario, config: Config):  # noqa: ANN001, ANN202
+    """With REDIS_URL, a simulation runs in Redis under its own key prefix, removed
+    afterwards: simulated bookings never take a real patient's time."""
+    import dataclasses
+    import uuid
+
+    import redis.asyncio as redis
+
+    from bot.simulate import simulate
+
+    settings = load_settings(config)
+    if not settings.redis_url:
+        return await simulate(scenario, config, settings)
+    prefix = f"{settings.redis_prefix}-simulate-{uuid.uuid4().hex[:12]}"
+    try:
+        return await simulate(scenario, config,
+                              dataclasses.replace(settings, redis_prefix=prefix))
+    finally:
+        client = redis.Redis.from_url(settings.redis_url)
+        try:
+            async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+                await client.unlink(key)
+        finally:
+            await client.aclose()
 
 
 def add_engine_commands(commands: argparse._SubParsersAction,

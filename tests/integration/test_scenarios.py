@@ -124,7 +124,7 @@ expect_bookings: 1
 """
 
 
-def test_cli_json_report(tmp_path: Path, prefix: str, redis_client) -> None:
+async def test_cli_json_report(tmp_path: Path, prefix: str, redis_client) -> None:
     scenario = tmp_path / "book_then_refill.yml"
     scenario.write_text(BOOK_THEN_REFILL, encoding="utf-8")
     result = run_cli(str(scenario), "--json", prefix=prefix, cwd=tmp_path)
@@ -145,6 +145,10 @@ def test_cli_json_report(tmp_path: Path, prefix: str, redis_client) -> None:
     [booking] = report["bookings"]
     assert booking["visit_type"] == "flu_shot"
     assert booking["start"] == "2026-12-09T09:00:00-05:00"
+    # The simulation ran in Redis under a private prefix, removed afterwards: nothing it
+    # booked occupies the deployment's calendar.
+    leftovers = [key async for key in redis_client.scan_iter(match=f"{prefix}*")]
+    assert leftovers == []
 
 
 def test_cli_exits_1_when_an_expectation_fails(tmp_path: Path, prefix: str,
