@@ -19,6 +19,7 @@ from bot.coverage import Coverage
 from bot.knowledge import KnowledgeBase
 from bot.scheduling import Booking, Scheduler, Slot
 
+OPTIONS_ARE_PHI = "_options_phi"  # the listed options are the patient's own appointments
 SELECTED_FIELD = "_selected"  # the booking an appointment script works on
 
 
@@ -114,8 +115,10 @@ class Actions:
         return Slot(data["provider"], data["visit_type"], datetime.fromisoformat(data["start"]),
                     datetime.fromisoformat(data["end"]), data["location"])
 
-    def _list_options(self, ctx: ActionContext, items: list[tuple[str, dict[str, str]]]) -> None:
+    def _list_options(self, ctx: ActionContext, items: list[tuple[str, dict[str, str]]], *,
+                      patients_own: bool) -> None:
         ctx.fields[OPTIONS_FIELD] = json.dumps([data for _, data in items])
+        ctx.fields[OPTIONS_ARE_PHI] = "1" if patients_own else "0"
         ctx.fields["options"] = "\n".join(f"{n}) {label}" for n, (label, _) in
                                           enumerate(items, 1))
 
@@ -144,7 +147,8 @@ class Actions:
         self._list_options(ctx, [
             (f"{self._when(s.start, ctx.language)}, {providers[s.provider].name}",
              {"provider": s.provider, "visit_type": s.visit_type, "start": s.start.isoformat(),
-              "end": s.end.isoformat(), "location": s.location}) for s in slots])
+              "end": s.end.isoformat(), "location": s.location}) for s in slots],
+            patients_own=False)
         return "offered"
 
     async def _book(self, ctx: ActionContext) -> str:
@@ -171,7 +175,7 @@ class Actions:
         if not bookings:
             return "none"
         items = [(self._booking_label(b, ctx.language), _booking_data(b)) for b in bookings]
-        self._list_options(ctx, items)
+        self._list_options(ctx, items, patients_own=True)
         if len(bookings) == 1:
             self._select(ctx, items[0][1])
             return "one"

@@ -110,10 +110,12 @@ def create_app(runtime: Runtime, *, workers: int | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime.start_workers(count)
+        for channel in runtime.patient_channels:
+            await channel.start()
         try:
             yield
         finally:
-            await runtime.close()
+            await runtime.close()  # stops the channels' listeners too
 
     async def unavailable(request: Request, exc: Exception) -> Response:
         # The HTTP error boundary: no exception text or request data in the answer or logs.
@@ -127,6 +129,7 @@ def create_app(runtime: Runtime, *, workers: int | None = None) -> Starlette:
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
         *portal.routes(),
+        *(route for channel in runtime.patient_channels for route in channel.routes()),
     ]
     return Starlette(routes=routes, lifespan=lifespan,
                      middleware=[Middleware(SecurityHeaders), Middleware(RequestDeadline)],

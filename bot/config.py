@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
 )
 
+from bot.channel_config import ChannelsFile
 from bot.engine_config import (
     CallbackWindowText,
     CoverageFile,
@@ -155,6 +156,13 @@ class Templates(_Model):
     identity_retry: str
     identity_failed: str
     identity_needs_portal: str
+    # Channels. {portal_url}: the portal's address (app.yml public_base_url + /portal/).
+    phi_redirect: str  # replaces a reply with PHI on a channel that must not carry PHI
+    attachments_not_accepted: str  # files are never fetched or forwarded
+    sms_help: str  # the HELP keyword (carrier requirement)
+    sms_stopped: str  # STOP: the last message before opting out
+    sms_started: str  # START / UNSTOP
+    telegram_start: str  # /start: what the bot can do and the privacy notice
     # "singular|plural" with {n}
     window_hours: str
     window_business_hours: str
@@ -276,6 +284,7 @@ class Config(_Model):
     scheduling: SchedulingFile
     knowledge: KnowledgeFile
     scripts: dict[str, Script] = {}
+    channels: ChannelsFile = ChannelsFile()
 
     @property
     def project_root(self) -> Path:
@@ -316,6 +325,7 @@ _FILES: dict[str, tuple[type[_Model], bool]] = {
     "policy.yml": (PolicyFile, False),
     "scheduling.yml": (SchedulingFile, True),
     "knowledge.yml": (KnowledgeFile, True),
+    "channels.yml": (ChannelsFile, False),
 }
 SCRIPTS_DIR = "scripts"
 
@@ -415,7 +425,8 @@ def load_config(directory: Path | str | None = None) -> Config:
                   messages=messages, patients=patients, nlu=loaded["nlu.yml"],
                   safety=loaded["safety.yml"], coverage=loaded["coverage.yml"],
                   policy=loaded["policy.yml"], scheduling=loaded["scheduling.yml"],
-                  knowledge=loaded["knowledge.yml"], scripts=scripts)
+                  knowledge=loaded["knowledge.yml"], scripts=scripts,
+                  channels=loaded["channels.yml"])
 
 
 def _load_scripts(root: Path) -> dict[str, Script]:

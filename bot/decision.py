@@ -45,6 +45,7 @@ class Decision:
     identity: IdentityUpdate | None = None
     # Extra audit events for this turn: (action, ref), e.g. ("identity.verified", "").
     audit: tuple[tuple[str, str], ...] = ()
+    phi: bool = False  # the replies disclose PHI (see `Outbound.phi`)
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ from bot.policy import (
 )
 from bot.routing import route, window_text
 from bot.scheduling import EmbeddedScheduler, Scheduler
-from bot.scripts import ScriptRunner, ScriptTurn, render
+from bot.scripts import ScriptRunner, ScriptTurn, discloses_phi, render
 from bot.session import IdentityStatus, Session, SessionState
 from bot.store import Store
 from handoff.tickets import Priority
@@ -399,8 +399,9 @@ class Engine:
                                      action=f"approved script {ref} ran; {step.reason}",
                                      unresolved=step.unresolved, fields=ctx.fields, script=ref,
                                      audit=audit)
+            say_phi = bool(step.say) and discloses_phi(step.say.get(turn.language), ctx.fields)
             return _with(decision, replies=(*result.replies, *decision.replies),
-                         code="script_handoff")
+                         code="script_handoff", phi=result.phi or say_phi)
         if result.waiting_on:
             slots = {SCRIPT + "id": script.id, SCRIPT + "step": result.waiting_on,
                      SCRIPT + "attempts": str(result.attempts), SCRIPT + "intent": intent,
@@ -409,10 +410,11 @@ class Engine:
                 slots[PENDING + "text"] = ctx.request_text[:1000]
             return Decision(code="script_started" if started else "script_step",
                             replies=tuple(result.replies), state=SessionState.IN_SCRIPT,
-                            slots=slots, drop_slots=(SCRIPT, FIELD), audit=audit)
+                            slots=slots, drop_slots=(SCRIPT, FIELD), audit=audit,
+                            phi=result.phi)
         return Decision(code="script_completed", replies=tuple(result.replies),
                         state=SessionState.ACTIVE, drop_slots=(SCRIPT, FIELD, PENDING),
-                        audit=(*audit, ("script.completed", ref)))
+                        audit=(*audit, ("script.completed", ref)), phi=result.phi)
 
 
 def _with(decision: Decision, **changes: object) -> Decision:

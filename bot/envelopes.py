@@ -92,12 +92,17 @@ class Outbound:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created_at: datetime = field(default_factory=utcnow)
     in_reply_to: str | None = None
+    # The text discloses PHI (appointment details, collected fields): channels configured
+    # without PHI (Telegram; SMS by default) send a portal link instead.
+    phi: bool = False
+    language: str = "en"  # the conversation's language when the reply was written
 
     def to_json(self) -> str:
         return json.dumps({
             "conversation_id": self.conversation_id, "channel": self.channel,
             "recipient": self.recipient, "text": self.text, "id": self.id,
             "created_at": self.created_at.isoformat(), "in_reply_to": self.in_reply_to,
+            "phi": self.phi, "language": self.language,
         }, separators=(",", ":"))
 
     @classmethod

@@ -5,6 +5,12 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES_IN = Counter("patientbot_messages_in_total", "Inbound messages accepted", ["channel"])
+MESSAGES_REJECTED = Counter("patientbot_messages_rejected_total",
+                            "Inbound requests refused by a channel (nothing queued)",
+                            ["channel", "reason"])
+REPLIES_SUPPRESSED = Counter("patientbot_replies_suppressed_total",
+                             "Replies not sent because of the per-conversation reply cap",
+                             ["channel"])
 MESSAGES_OUT = Counter("patientbot_messages_out_total", "Replies delivered", ["channel"])
 SEND_FAILURES = Counter("patientbot_send_failures_total", "Failed reply sends", ["channel"])
 HANDOFFS = Counter("patientbot_handoffs_total", "Handoffs to human queues", ["lane", "priority"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 
@@ -21,11 +21,11 @@ import structlog
 from bot import metrics
 from bot.audit import AuditEvent, AuditLog
 from bot.config import Config
-from bot.decision import Decision, DecisionStep, error_decision
+from bot.decision import Decision, DecisionStep, error_decision, front_desk_handoff
 from bot.envelopes import Inbound, Outbound, utcnow
 from bot.errors import CryptoError, PatientbotError
 from bot.ingress import Ingress, IngressEntry
-from bot.session import Direction, IdentityStatus, Session, TranscriptEntry
+from bot.session import Direction, IdentityStatus, Session, SessionState, TranscriptEntry
 from bot.store import Store, Turn
 from handoff.tickets import HandoffTicket
 
@@ -110,6 +110,8 @@ class Pipeline:
                 metrics.PIPELINE_ERRORS.labels(stage="decision").inc()
                 bound.error("decision step failed; handing off", error_type=type(err).__name__)
                 decision = error_decision(self._config, inbound, session)
+            if decision.replies:
+                decision = await self._reply_cap(inbound, session, decision)
             turn = self._build_turn(inbound, session, decision, now)
             # Audited before the write: an entry whose commit then fails is retried, so the
             # log may show an attempt twice, never a write it does not show.
@@ -118,6 +120,25 @@ class Pipeline:
 
         self._record(inbound, decision, turn, bound)
         return Result(Outcome.PROCESSED, tuple(turn.outbox), decision.code)
+
+    async def _reply_cap(self, inbound: Inbound, session: Session,
+                         decision: Decision) -> Decision:
+        """The loop breaker: past the hourly reply cap a conversation gets no more replies
+        (an auto-responder answering the bot would otherwise ping-pong forever). The first
+        time, a person is asked to look; messages are still recorded and handed on."""
+        cap = self._config.channels.limits.replies_per_conversation_per_hour
+        count = await self._store.count_hit("replies", session.conversation_id, window=3600)
+        if count <= cap:
+            return decision
+        metrics.REPLIES_SUPPRESSED.labels(channel=inbound.channel).inc()
+        handoff = decision.handoff
+        if handoff is None and count == cap + 1 and not session.open_ticket_id:
+            handoff = front_desk_handoff(
+                self._config, inbound, session, reason="reply_cap",
+                action="reply cap reached: bot replies paused for this conversation",
+                unresolved="possible auto-reply loop or flood; check the conversation")
+        return replace(decision, replies=(), handoff=handoff,
+                       state=SessionState.HANDED_OFF if handoff else decision.state)
 
     @staticmethod
     def _apply_channel_identity(session: Session, inbound: Inbound, now: datetime) -> None:
@@ -160,7 +181,8 @@ class Pipeline:
         for text in decision.replies:
             message = Outbound(conversation_id=session.conversation_id, channel=inbound.channel,
                                recipient=inbound.sender, text=text, created_at=now,
-                               in_reply_to=inbound.provider_message_id)
+                               in_reply_to=inbound.provider_message_id, phi=decision.phi,
+                               language=session.language)
             turn.outbox.append(message)
             turn.transcript.append(TranscriptEntry(Direction.OUT, "bot", text, message.id, now))
         if decision.replies:

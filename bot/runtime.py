@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -16,6 +16,7 @@ import structlog
 
 from bot.audit import AuditChain, AuditLog, MemoryAuditLog, RedisAuditLog
 from bot.config import Config
+from bot.crypto import Hasher
 from bot.decision import DecisionStep
 from bot.envelopes import utcnow
 from bot.identity import EncryptedPatientDirectory, PatientDirectory
@@ -27,7 +28,8 @@ from bot.store import Store
 from bot.store.memory import MemoryStore
 from bot.store.redis import RedisStore
 from bot.worker import Worker
-from channels.base import ChannelRegistry
+from channels.base import ChannelRegistry, PatientChannel
+from channels.intake import Intake
 from channels.portal import PortalAdapter
 
 log = structlog.get_logger("patientbot.runtime")
@@ -42,6 +44,26 @@ def load_decision_step(spec: str | None) -> DecisionFactory | None:
         return None
     module_name, _, attribute = spec.partition(":")
     return getattr(importlib.import_module(module_name), attribute)
+
+
+def enabled_channels(config: Config, *, intake: Intake, store: Store, hasher: Hasher,
+                     secrets: Mapping[str, str]) -> list[PatientChannel]:
+    """The patient channels switched on in channels.yml (imported only when enabled)."""
+    found: list[PatientChannel] = []
+    options = {"intake": intake, "store": store, "hasher": hasher, "secrets": secrets}
+    if config.channels.sms.enabled:
+        from channels.sms import SmsChannel
+
+        found.append(SmsChannel(config, **options))
+    if config.channels.email.enabled:
+        from channels.email import EmailChannel
+
+        found.append(EmailChannel(config, **options))
+    if config.channels.telegram.enabled:
+        from channels.telegram import TelegramChannel
+
+        found.append(TelegramChannel(config, **options))
+    return found
 
 
 def redis_client(url: str, config: Config) -> redis.Redis:
@@ -71,6 +93,8 @@ class Runtime:
     directory: PatientDirectory
     audit: AuditLog
     decision_step: DecisionStep
+    intake: Intake
+    patient_channels: list[PatientChannel] = field(default_factory=list)
     _redis: redis.Redis | None = None
     _worker_tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -107,6 +131,12 @@ class Runtime:
         ingress = Ingress(queue, keys.sealer, keys.hasher)
         channels = ChannelRegistry()
         channels.register(PortalAdapter(store))
+        intake = Intake(ingress=ingress, store=store, hasher=keys.hasher,
+                        limits=config.channels.limits)
+        patient_channels = enabled_channels(config, intake=intake, store=store,
+                                            hasher=keys.hasher, secrets=settings.secrets)
+        for channel in patient_channels:
+            channels.register(channel)
         lease = config.app.workers.lock_ttl_seconds
         if decision_step is None:
             from bot.engine import Engine
@@ -126,6 +156,8 @@ class Runtime:
             directory=EncryptedPatientDirectory(config.patients, keys.sealer, keys.hasher),
             audit=audit,
             decision_step=step,
+            intake=intake,
+            patient_channels=patient_channels,
             _redis=client,
         )
 
@@ -146,6 +178,8 @@ class Runtime:
         return sum(1 for task in self._worker_tasks if not task.done())
 
     async def close(self) -> None:
+        for channel in self.patient_channels:
+            await channel.stop()  # idempotent: listeners and provider clients
         self._stop.set()
         if self._worker_tasks:
             await asyncio.gather(*self._worker_tasks, return_exceptions=True)

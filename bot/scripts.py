@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from bot.actions import ActionContext, Actions
+from bot.actions import OPTIONS_ARE_PHI, ActionContext, Actions
 from bot.answers import prefill, read_answer
 from bot.engine_config import HandoffStep, Script, Step
 from nlu.base import ParseResult
@@ -31,10 +31,26 @@ class ScriptTurn:
     answer; `handoff` ends the script in a queue; neither means the script finished."""
 
     replies: list[str] = field(default_factory=list)
+    phi: bool = False  # a reply discloses PHI (see `discloses_phi`)
     waiting_on: str | None = None
     attempts: int = 0
     handoff: HandoffStep | None = None
     finished: bool = False
+
+
+# Display values that say nothing about the patient: the visit type's name, a location, open
+# times offered to anyone, approved answers.
+NOT_PHI = frozenset({"visit_type_name", "location_name", "address", "preparation",
+                     "next_steps", "answer", "options"})
+
+
+def discloses_phi(template: str, fields: Mapping[str, str]) -> bool:
+    """Whether rendering `template` with the collected `fields` discloses PHI: anything the
+    patient gave or the record holds (an appointment, a medicine, an account number)."""
+    names = set(_PLACEHOLDER.findall(template))
+    if "options" in names and fields.get(OPTIONS_ARE_PHI) == "1":
+        return True
+    return any(name in fields and name not in NOT_PHI for name in names)
 
 
 def render(text: str, values: Mapping[str, str]) -> str:
@@ -66,9 +82,10 @@ class ScriptRunner:
                     reason="answer_not_understood",
                     unresolved=f"script {script.id} stopped: no valid answer to "
                                f"'{step.id}' after {attempts} tries"))
-            prompt = step.ask.reprompt or step.ask.prompt
-            return ScriptTurn(replies=[render(prompt.get(ctx.language), ctx.values())],
-                              waiting_on=step.id, attempts=attempts)
+            prompt = (step.ask.reprompt or step.ask.prompt).get(ctx.language)
+            return ScriptTurn(replies=[render(prompt, ctx.values())],
+                              phi=discloses_phi(prompt, ctx.fields), waiting_on=step.id,
+                              attempts=attempts)
         ctx.fields.update(found)
         following = script.after(step)
         if following is None:
@@ -83,7 +100,7 @@ class ScriptRunner:
                 return turn
             text = (step.say or step.end)
             if text is not None:
-                turn.replies.append(render(text.get(ctx.language), ctx.values()))
+                self._say(turn, text.get(ctx.language), ctx)
                 if step.end is not None:
                     turn.finished = True
                     return turn
@@ -92,7 +109,7 @@ class ScriptRunner:
                 if step.ask.slot in ctx.fields:  # already given (prefilled)
                     step = script.after(step)
                     continue
-                turn.replies.append(render(step.ask.prompt.get(ctx.language), ctx.values()))
+                self._say(turn, step.ask.prompt.get(ctx.language), ctx)
                 turn.waiting_on = step.id
                 return turn
             elif step.action is not None:
@@ -108,3 +125,8 @@ class ScriptRunner:
                 return turn
         raise ScriptError(f"script {script.id} ran {MAX_STEPS_PER_TURN} steps without "
                           "waiting for the patient")
+
+    @staticmethod
+    def _say(turn: ScriptTurn, template: str, ctx: ActionContext) -> None:
+        turn.replies.append(render(template, ctx.values()))
+        turn.phi = turn.phi or discloses_phi(template, ctx.fields)

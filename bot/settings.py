@@ -7,7 +7,8 @@ needs, and never echoes a secret's value in an error.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dotenv import dotenv_values
@@ -16,12 +17,17 @@ from bot.config import Config
 from bot.crypto import KeyMaterial, load_key_material
 from bot.errors import SecretsError
 
+# Provider secrets the channels read from the environment (never from config/).
+CHANNEL_SECRETS = ("TWILIO_AUTH_TOKEN", "TELEGRAM_BOT_TOKEN", "TELEGRAM_WEBHOOK_SECRET",
+                   "SMTP_PASSWORD", "IMAP_PASSWORD")
+
 
 @dataclass(frozen=True)
 class Settings:
     redis_url: str | None
     redis_prefix: str
     keys: KeyMaterial
+    secrets: Mapping[str, str] = field(default_factory=dict)  # CHANNEL_SECRETS that are set
 
     @property
     def persistent(self) -> bool:
@@ -49,6 +55,24 @@ def load_settings(config: Config, env: dict[str, str] | None = None) -> Settings
         if keys.generated_dev_keys:
             raise SecretsError("environment is production but PATIENTBOT_DATA_KEYS is not set "
                                "(generated development keys are refused)")
+    secrets = {name: env[name] for name in CHANNEL_SECRETS if env.get(name)}
+    _check_channel_secrets(config, secrets)
     return Settings(redis_url=redis_url,
                     redis_prefix=env.get("PATIENTBOT_REDIS_PREFIX", "pb"),
-                    keys=keys)
+                    keys=keys, secrets=secrets)
+
+
+def _check_channel_secrets(config: Config, secrets: Mapping[str, str]) -> None:
+    """An enabled channel without its secret would accept forged requests or fail every
+    send: refuse to start instead, naming the variable."""
+    channels = config.channels
+    needed = []
+    if channels.sms.enabled:
+        needed.append(("TWILIO_AUTH_TOKEN", "channels.yml sms is enabled"))
+    if channels.telegram.enabled:
+        needed.append(("TELEGRAM_BOT_TOKEN", "channels.yml telegram is enabled"))
+        if channels.telegram.mode == "webhook":
+            needed.append(("TELEGRAM_WEBHOOK_SECRET", "telegram webhook mode needs a secret"))
+    for name, why in needed:
+        if name not in secrets:
+            raise SecretsError(f"{name} is not set ({why})")

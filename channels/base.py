@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from starlette.routing import BaseRoute
+
+from bot.config import Config
 from bot.envelopes import Outbound
 from bot.errors import PatientbotError
 
@@ -41,3 +44,36 @@ class ChannelRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._adapters)
+
+
+class PatientChannel(ChannelAdapter, Protocol):
+    """A patient channel with its inbound side: webhook routes for the web app and/or a
+    listener (SMTP server, polling loop) that `patientbot serve` starts and stops."""
+
+    def routes(self) -> list[BaseRoute]:
+        """Starlette routes of the provider webhooks (may be empty)."""
+
+    async def start(self) -> None:
+        """Start listeners; called once by the web app's lifespan."""
+
+    async def stop(self) -> None:
+        """Stop listeners and close clients."""
+
+
+def portal_url(config: Config) -> str:
+    return config.app.public_base_url.rstrip("/") + "/portal/"
+
+
+def channel_text(config: Config, name: str, language: str | None = None) -> str:
+    """A patient-facing channel template with {organisation} and {portal_url} filled."""
+    return (config.text(name, language)
+            .replace("{organisation}", config.app.organisation)
+            .replace("{portal_url}", portal_url(config)))
+
+
+def text_for_channel(config: Config, message: Outbound, *, phi_allowed: bool) -> str:
+    """What a channel may send: the reply, or a portal pointer when it discloses PHI and the
+    channel must not carry PHI."""
+    if message.phi and not phi_allowed:
+        return channel_text(config, "phi_redirect", message.language)
+    return message.text

@@ -1,0 +1,83 @@
+"""Typed model of config/channels.yml: which patient channels run and their limits.
+
+Provider secrets (Twilio auth token, Telegram bot token and webhook secret, SMTP and IMAP
+passwords) never live here: they come from the environment (`bot.settings.CHANNEL_SECRETS`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChannelLimits(_Model):
+    """Flood protection for every channel, per sender address and per conversation."""
+
+    per_sender_per_minute: int = Field(12, ge=1, le=10_000)
+    per_sender_per_hour: int = Field(60, ge=1, le=100_000)
+    # Loop breaker: at most this many bot replies per conversation per hour (an
+    # auto-responder answering the bot would otherwise ping-pong forever).
+    replies_per_conversation_per_hour: int = Field(30, ge=1, le=10_000)
+
+
+class SmsConfig(_Model):
+    """Twilio Programmable Messaging."""
+
+    enabled: bool = False
+    account_sid: str = Field("", pattern=r"^(AC[0-9a-fA-F]{32})?$")
+    from_number: str = Field("", pattern=r"^(\+[1-9]\d{6,14})?$")  # E.164
+    api_base_url: str = "https://api.twilio.com"
+    status_callbacks: bool = True
+    max_segments: int = Field(10, ge=1, le=20)  # longer replies are cut with a portal pointer
+    phi_allowed: bool = False  # False: replies that disclose PHI point to the portal instead
+    region: str = Field("US", pattern=r"^[A-Z]{2}$")  # for numbers written without +country
+
+
+class EmailConfig(_Model):
+    """Inbound SMTP listener (or IMAP polling of an existing mailbox) and outbound relay."""
+
+    enabled: bool = False
+    mode: Literal["smtp", "imap"] = "smtp"
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(2525, ge=1, le=65535)
+    recipients: list[str] = []  # accepted RCPT TO addresses (lowercase)
+    max_message_bytes: int = Field(10 * 1024 * 1024, ge=1024, le=50 * 1024 * 1024)
+    max_parts: int = Field(50, ge=1, le=1000)
+    max_depth: int = Field(5, ge=1, le=20)
+    max_decoded_bytes: int = Field(2 * 1024 * 1024, ge=1024, le=50 * 1024 * 1024)
+    authserv_id: str = ""  # our own Authentication-Results authserv-id
+    from_address: str = ""
+    from_name: str = ""
+    relay_host: str = "127.0.0.1"
+    relay_port: int = Field(587, ge=1, le=65535)
+    relay_security: Literal["starttls", "tls", "none"] = "starttls"
+    relay_username: str = ""  # password: SMTP_PASSWORD in the environment
+    imap_host: str = ""
+    imap_port: int = Field(993, ge=1, le=65535)
+    imap_mailbox: str = "INBOX"
+    imap_username: str = ""  # password: IMAP_PASSWORD in the environment
+    imap_poll_seconds: float = Field(30.0, ge=1, le=3600)
+    phi_allowed: bool = True
+
+
+class TelegramConfig(_Model):
+    """A Telegram bot (aiogram): webhook in production, long polling for development."""
+
+    enabled: bool = False
+    mode: Literal["webhook", "polling"] = "webhook"
+    api_base_url: str = "https://api.telegram.org"
+    phi_allowed: bool = False  # Telegram never gets PHI: a portal link is sent instead
+
+
+class ChannelsFile(_Model):
+    """config/channels.yml."""
+
+    limits: ChannelLimits = ChannelLimits()
+    sms: SmsConfig = SmsConfig()
+    email: EmailConfig = EmailConfig()
+    telegram: TelegramConfig = TelegramConfig()
