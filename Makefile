@@ -22,6 +22,7 @@ lint: $(STAMP)
 
 test: lint
 	scripts/ensure-chromium.sh
+	scripts/ensure-dovecot.sh
 	scripts/with-redis.sh $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Optional: the Rasa backend against real Rasa servers (Python 3.10 venv .venv-rasa, ~3 GB),

@@ -62,6 +62,9 @@ class Inbound:
     received_at: datetime = field(default_factory=utcnow)
     attachments: tuple[AttachmentMeta, ...] = ()
     verified_patient: str | None = None
+    # Email: what our own MTA's Authentication-Results said (codes only, e.g.
+    # "dkim=pass dmarc=pass spf=none"); empty where the channel has no such check.
+    auth_results: str = ""
 
     def to_json(self) -> str:
         return json.dumps({
@@ -70,7 +73,7 @@ class Inbound:
             "received_at": self.received_at.isoformat(),
             "attachments": [{"content_type": a.content_type, "size": a.size}
                             for a in self.attachments],
-            "verified_patient": self.verified_patient,
+            "verified_patient": self.verified_patient, "auth_results": self.auth_results,
         }, separators=(",", ":"))
 
     @classmethod

@@ -13,6 +13,7 @@ REPLIES_SUPPRESSED = Counter("patientbot_replies_suppressed_total",
                              ["channel"])
 MESSAGES_OUT = Counter("patientbot_messages_out_total", "Replies delivered", ["channel"])
 SEND_FAILURES = Counter("patientbot_send_failures_total", "Failed reply sends", ["channel"])
+SMS_STATUS = Counter("patientbot_sms_status_total", "Twilio delivery receipts", ["status"])
 HANDOFFS = Counter("patientbot_handoffs_total", "Handoffs to human queues", ["lane", "priority"])
 DECISIONS = Counter("patientbot_decisions_total", "Pipeline decisions", ["decision"])
 PIPELINE_ERRORS = Counter("patientbot_pipeline_errors_total",

@@ -20,8 +20,8 @@ from channels.base import ChannelRegistry, ChannelSendError
 log = structlog.get_logger("patientbot.outbox")
 
 # Retries back off and then continue every ten minutes: a reply is never dropped silently.
+# A send the channel calls not retryable is closed at once and audited (reply.undeliverable).
 RETRY_DELAYS = (1.0, 5.0, 30.0, 120.0, 600.0)
-NOT_RETRYABLE_DELAY = 3600.0
 
 
 class OutboxDispatcher:
@@ -51,11 +51,19 @@ class OutboxDispatcher:
                 provider_id = await self._channels.get(message.channel).send(message)
         except Exception as err:
             metrics.SEND_FAILURES.labels(channel=message.channel).inc()
+            if isinstance(err, ChannelSendError) and not err.retryable:
+                # Another try cannot succeed (the patient opted out, the address is invalid):
+                # close the entry so it is never sent, and say so in the audit log.
+                self._attempts.pop(message.id, None)
+                await self._store.mark_sent(message.id, provider_id=None)
+                await self._audit.record(AuditEvent("reply.undeliverable", "bot",
+                                                    message.conversation_id,
+                                                    f"{message.channel}:{message.id}"))
+                bound.warning("send refused; not retried", error_type=type(err).__name__)
+                return
             attempt = self._attempts.get(message.id, 0) + 1
             self._attempts[message.id] = attempt
-            retryable = not isinstance(err, ChannelSendError) or err.retryable
-            delay = (RETRY_DELAYS[min(attempt, len(RETRY_DELAYS)) - 1] if retryable
-                     else NOT_RETRYABLE_DELAY)
+            delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS)) - 1]
             await self._store.retry_outbox(message.id, delay=delay)
             bound.warning("send failed; will retry", error_type=type(err).__name__,
                           attempt=attempt, retry_in=delay)

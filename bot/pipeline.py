@@ -27,7 +27,7 @@ from bot.errors import CryptoError, PatientbotError
 from bot.ingress import Ingress, IngressEntry
 from bot.session import Direction, IdentityStatus, Session, SessionState, TranscriptEntry
 from bot.store import Store, Turn
-from handoff.tickets import HandoffTicket
+from handoff.tickets import HandoffNote, HandoffTicket
 
 log = structlog.get_logger("patientbot.pipeline")
 
@@ -54,6 +54,17 @@ class Result:
 
 def _message_id() -> str:
     return uuid.uuid4().hex
+
+
+def _note_with_attachments(note: HandoffNote, inbound: Inbound) -> HandoffNote:
+    """The note tells staff the patient attached files that nobody opened (types, sizes)."""
+    if not inbound.attachments:
+        return note
+    kinds = ", ".join(a.content_type if a.size is None else f"{a.content_type} {a.size} bytes"
+                      for a in inbound.attachments[:10])
+    count = len(inbound.attachments)
+    return replace(note, action_taken=f"{note.action_taken}; {count} attachment"
+                                      f"{'s' if count > 1 else ''} not opened ({kinds})")
 
 
 class Pipeline:
@@ -154,6 +165,10 @@ class Pipeline:
                     processed=(inbound.channel, inbound.provider_message_id))
         turn.transcript.append(TranscriptEntry(Direction.IN, "patient", inbound.text,
                                                _message_id(), inbound.received_at))
+        if inbound.attachments:  # never opened or stored; the record says they were there
+            turn.transcript.append(TranscriptEntry(
+                Direction.EVENT, "system", f"attachments_not_opened:{len(inbound.attachments)}",
+                _message_id(), inbound.received_at))
         if decision.language:
             session.language = decision.language
         if decision.drop_slots:
@@ -169,7 +184,8 @@ class Pipeline:
             request = decision.handoff
             ticket = HandoffTicket(conversation_id=session.conversation_id,
                                    channel=inbound.channel, lane=request.lane,
-                                   reason=request.reason, note=request.note,
+                                   reason=request.reason,
+                                   note=_note_with_attachments(request.note, inbound),
                                    priority=request.priority)
             turn.tickets.append(ticket)
             session.open_ticket_id = ticket.id

@@ -178,10 +178,12 @@ class Runtime:
         return sum(1 for task in self._worker_tasks if not task.done())
 
     async def close(self) -> None:
-        for channel in self.patient_channels:
-            await channel.stop()  # idempotent: listeners and provider clients
         self._stop.set()
         if self._worker_tasks:
             await asyncio.gather(*self._worker_tasks, return_exceptions=True)
+        # After the workers: a reply being sent still has its provider client. Whatever a
+        # listener accepts meanwhile is already durably queued.
+        for channel in self.patient_channels:
+            await channel.stop()  # idempotent: listeners and provider clients
         if self._redis is not None:
             await self._redis.aclose()

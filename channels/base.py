@@ -40,7 +40,9 @@ class ChannelRegistry:
         try:
             return self._adapters[name]
         except KeyError:
-            raise ChannelSendError(f"no adapter for channel {name!r}", retryable=False) from None
+            # Retryable: a channel switched off by mistake is switched on again, and the
+            # replies waiting for it are still sent.
+            raise ChannelSendError(f"no adapter for channel {name!r}", retryable=True) from None
 
     def names(self) -> list[str]:
         return sorted(self._adapters)

@@ -36,6 +36,17 @@ class Intake:
         self._limits = limits
 
     async def accept(self, inbound: Inbound) -> IntakeResult:
+        if await self.admit(inbound) is IntakeResult.RATE_LIMITED:
+            return IntakeResult.RATE_LIMITED
+        entry = await self._ingress.submit(inbound)
+        metrics.MESSAGES_IN.labels(channel=inbound.channel).inc()
+        log.info("message queued", channel=inbound.channel, conversation=entry.conversation_id,
+                 entry=entry.entry_id)
+        return IntakeResult.ACCEPTED
+
+    async def admit(self, inbound: Inbound) -> IntakeResult:
+        """The rate limit alone (counted against the same per-sender budget), for messages a
+        channel answers itself and never queues (SMS keywords such as STOP and HELP)."""
         sender = self._hasher.digest(f"{inbound.channel}:{inbound.sender}", purpose="rate")
         per_minute = await self._store.count_hit("rate-minute", sender, window=60)
         per_hour = await self._store.count_hit("rate-hour", sender, window=3600)
@@ -43,10 +54,6 @@ class Intake:
                 or per_hour > self._limits.per_sender_per_hour):
             reject(inbound.channel, "rate_limited")
             return IntakeResult.RATE_LIMITED
-        entry = await self._ingress.submit(inbound)
-        metrics.MESSAGES_IN.labels(channel=inbound.channel).inc()
-        log.info("message queued", channel=inbound.channel, conversation=entry.conversation_id,
-                 entry=entry.entry_id)
         return IntakeResult.ACCEPTED
 
 
