@@ -30,3 +30,10 @@ INGRESS_DEAD = Gauge("patientbot_ingress_dead_letters",
 NLU_VERDICTS = Counter("patientbot_nlu_verdicts_total",
                        "Inbound messages read by the NLU, by safety level and lane",
                        ["safety", "lane"])
+
+
+def show_channel(channel: str) -> None:
+    """Create a channel's series at zero, so /metrics lists every enabled channel (and an
+    alert on "no messages in" can fire) before its first message."""
+    for counter in (MESSAGES_IN, MESSAGES_OUT, SEND_FAILURES):
+        counter.labels(channel=channel)

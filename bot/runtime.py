@@ -14,6 +14,7 @@ from datetime import datetime
 import redis.asyncio as redis
 import structlog
 
+from bot import metrics
 from bot.audit import AuditChain, AuditLog, MemoryAuditLog, RedisAuditLog
 from bot.config import Config
 from bot.crypto import Hasher
@@ -137,6 +138,8 @@ class Runtime:
                                             hasher=keys.hasher, secrets=settings.secrets)
         for channel in patient_channels:
             channels.register(channel)
+        for name in channels.names():
+            metrics.show_channel(name)
         lease = config.app.workers.lock_ttl_seconds
         if decision_step is None:
             from bot.engine import Engine
