@@ -50,7 +50,14 @@ from bot.crypto import Hasher
 from bot.envelopes import AttachmentMeta, Inbound, Outbound, utcnow
 from bot.errors import ConfigError, SecretsError
 from bot.store import Store
-from channels.base import ChannelSendError, channel_text, portal_url, text_for_channel
+from channels.base import (
+    ChannelSendError,
+    Refused,
+    channel_text,
+    portal_url,
+    read_body,
+    text_for_channel,
+)
 from channels.intake import Intake, IntakeResult, reject
 
 log = structlog.get_logger("patientbot.sms")
@@ -262,13 +269,6 @@ def message_bodies(text: str) -> list[str]:
 # --------------------------------------------------------------------------------------
 # The channel
 # --------------------------------------------------------------------------------------
-class Refused(Exception):
-    """A webhook request we answer with an error; `reason` is the metric label."""
-
-    def __init__(self, status: int, reason: str, error: str) -> None:
-        self.status, self.reason, self.error = status, reason, error
-
-
 def e164(raw: str, region: str) -> str | None:
     """The number in E.164, or None when it is not a possible phone number."""
     if not raw or len(raw) > 32:
@@ -353,15 +353,7 @@ class SmsChannel:
                 or charset not in ("utf-8", "utf8"):
             raise Refused(415, "unsupported_media_type",
                           "Expected application/x-www-form-urlencoded.")
-        limit = self._sms.max_request_bytes
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise Refused(413, "too_large", "Request too large.")
-        body = bytearray()
-        async for chunk in request.stream():
-            body.extend(chunk)
-            if len(body) > limit:
-                raise Refused(413, "too_large", "Request too large.")
+        body = await read_body(request, self._sms.max_request_bytes)
         try:
             pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True,
                               strict_parsing=bool(body), encoding="utf-8", errors="strict",

@@ -52,7 +52,7 @@ from bot.crypto import Hasher
 from bot.envelopes import AttachmentMeta, Inbound, Outbound
 from bot.errors import ConfigError, SecretsError
 from bot.store import Store
-from channels.base import ChannelSendError, channel_text, text_for_channel
+from channels.base import ChannelSendError, Refused, channel_text, read_body, text_for_channel
 from channels.intake import Intake, IntakeResult, reject
 
 log = structlog.get_logger("patientbot.telegram")
@@ -86,11 +86,6 @@ class Handled:
 
 
 OK = Handled()
-
-
-class BadUpdate(Exception):
-    def __init__(self, status: int, reason: str, error: str) -> None:
-        self.status, self.reason, self.error = status, reason, error
 
 
 def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
@@ -271,7 +266,7 @@ class TelegramChannel:
             return JSONResponse({"error": "Unauthorized."}, status_code=401)
         try:
             update = await self._read_update(request)
-        except BadUpdate as err:
+        except Refused as err:
             reject(CHANNEL, err.reason)
             return JSONResponse({"error": err.error}, status_code=err.status)
         handled = await self.handle(update)
@@ -291,27 +286,19 @@ class TelegramChannel:
     async def _read_update(self, request: Request) -> Update:
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != "application/json":
-            raise BadUpdate(415, "unsupported_media_type", "Expected application/json.")
-        limit = self._telegram.max_webhook_bytes
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise BadUpdate(413, "too_large", "Request too large.")
-        body = bytearray()
-        async for chunk in request.stream():
-            body.extend(chunk)
-            if len(body) > limit:
-                raise BadUpdate(413, "too_large", "Request too large.")
+            raise Refused(415, "unsupported_media_type", "Expected application/json.")
+        body = await read_body(request, self._telegram.max_webhook_bytes)
         try:
             data = json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            raise BadUpdate(400, "malformed", "Malformed JSON.") from None
+            raise Refused(400, "malformed", "Malformed JSON.") from None
         if not isinstance(data, dict):
-            raise BadUpdate(400, "malformed", "Expected a Telegram Update object.")
+            raise Refused(400, "malformed", "Expected a Telegram Update object.")
         try:
             # The error text would quote the payload: never logged or returned.
             return Update.model_validate(data)
         except ValidationError:
-            raise BadUpdate(400, "malformed", "Expected a Telegram Update object.") from None
+            raise Refused(400, "malformed", "Expected a Telegram Update object.") from None
 
     async def handle(self, update: Update) -> Handled:
         """One verified update, from the webhook or from polling."""
