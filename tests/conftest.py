@@ -12,6 +12,7 @@ import shutil
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,26 @@ async def run_workers_until(runtime: Runtime, done, *, workers: int = 1,
     finally:
         stop.set()
         await asyncio.gather(*tasks)
+
+
+@asynccontextmanager
+async def serve_app(runtime: Runtime, *, workers: int = 0) -> AsyncIterator[str]:
+    """Our real ASGI app under uvicorn on a free port (lifespan on); yields its base URL."""
+    import uvicorn
+
+    from bot.app import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(runtime, workers=workers),
+                                           host="127.0.0.1", port=port, log_config=None,
+                                           lifespan="on", timeout_graceful_shutdown=1))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task

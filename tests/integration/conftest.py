@@ -9,14 +9,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
-from bot.app import create_app
 from bot.config import load_config
 from bot.decision import FrontDeskHandoff
 from bot.runtime import Runtime
 from bot.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import serve_app
 
 
 @dataclass
@@ -49,20 +47,9 @@ class Live:
 @pytest.fixture
 async def live(config_dir: Path, settings: Settings) -> AsyncIterator[Live]:
     runtime = Runtime.build(load_config(config_dir), settings, decision_step=FrontDeskHandoff)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(runtime, workers=1), host="127.0.0.1",
-                                           port=port, log_config=None, lifespan="on",
-                                           timeout_graceful_shutdown=1))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+    async with serve_app(runtime, workers=1) as url, \
+            httpx.AsyncClient(base_url=url, timeout=10) as client:
         yield Live(url, runtime, client)
-    server.should_exit = True
-    await task
 
 
 @pytest.fixture(autouse=True)

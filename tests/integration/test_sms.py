@@ -17,12 +17,10 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-import uvicorn
 import yaml
 from prometheus_client import REGISTRY
 from twilio.request_validator import RequestValidator
 
-from bot.app import create_app
 from bot.config import load_config
 from bot.crypto import KeyMaterial
 from bot.decision import Decision
@@ -41,7 +39,7 @@ from channels.sms import (
     message_bodies,
     segments,
 )
-from tests.conftest import free_port, redis_url, run_workers_until
+from tests.conftest import redis_url, run_workers_until, serve_app
 from tests.support.twilio_api import FakeTwilio
 
 TOKEN = "twilio-test-auth-token-0123456789"
@@ -178,22 +176,9 @@ async def serve(config_dir: Path, settings: Settings, twilio: FakeTwilio, *,
     configure(config_dir, twilio.url, limits=limits or {}, sms=sms or {})
     runtime = Runtime.build(load_config(config_dir), settings,
                             decision_step=None if engine else EchoStep)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(runtime, workers=0), host="127.0.0.1",
-                                           port=port, log_config=None, lifespan="on",
-                                           timeout_graceful_shutdown=1))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-            yield SmsLive(url, runtime, client, twilio)
-    finally:
-        server.should_exit = True
-        await task
+    async with serve_app(runtime) as url, \
+            httpx.AsyncClient(base_url=url, timeout=10) as client:
+        yield SmsLive(url, runtime, client, twilio)
 
 
 @pytest.fixture(params=["redis"])

@@ -21,9 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as redis
-import uvicorn
 
-from bot.app import create_app
 from bot.config import Config, load_config
 from bot.crypto import KeyMaterial
 from bot.decision import FrontDeskHandoff
@@ -34,7 +32,7 @@ from bot.runtime import DecisionFactory, Runtime
 from bot.settings import Settings, load_settings
 from channels.base import ChannelSendError, channel_text
 from channels.telegram import TelegramChannel, register_webhook, split_text
-from tests.conftest import free_port, key_env, redis_url, run_workers_until
+from tests.conftest import free_port, key_env, redis_url, run_workers_until, serve_app
 from tests.support.telegram_api import TOKEN, FakeTelegramAPI
 
 SECRET = "tg-webhook-secret_4Hq9ZxP0"
@@ -152,23 +150,8 @@ async def start_tg(config_dir: Path, telegram_api: FakeTelegramAPI, keys: KeyMat
                                 if secrets is None else secrets)
             runtime = Runtime.build(load_config(config_dir), settings,
                                     decision_step=decision_step, clock=clock)
-            port = free_port()
-            server = uvicorn.Server(uvicorn.Config(create_app(runtime, workers=0),
-                                                   host="127.0.0.1", port=port,
-                                                   log_config=None, lifespan="on",
-                                                   timeout_graceful_shutdown=1))
-            task = asyncio.create_task(server.serve())
-            while not server.started:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.02)
-
-            async def shutdown() -> None:
-                server.should_exit = True
-                await task
-            stack.push_async_callback(shutdown)
-            client = await stack.enter_async_context(
-                httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10))
+            url = await stack.enter_async_context(serve_app(runtime))
+            client = await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=10))
             return Tg(runtime, client, telegram_api, redis_client, prefix)
 
         yield start
