@@ -92,6 +92,7 @@ def create_app(runtime: Runtime, *, workers: int | None = None) -> Starlette:
     count = runtime.config.app.workers.in_process if workers is None else workers
     keys = runtime.settings.keys
     portal = PortalChannel(config=runtime.config, store=runtime.store, ingress=runtime.ingress,
+                           intake=runtime.intake,
                            directory=runtime.directory, hasher=keys.hasher,
                            session_secret=keys.session_secret, audit=runtime.audit)
 

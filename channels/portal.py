@@ -23,7 +23,6 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from bot import metrics
 from bot.audit import AuditEvent, AuditLog
 from bot.config import Config
 from bot.crypto import Hasher
@@ -32,6 +31,7 @@ from bot.identity import PatientDirectory, normalise_name, parse_date
 from bot.ingress import Ingress
 from bot.session import Direction
 from bot.store import Store
+from channels.intake import Intake, IntakeResult
 
 log = structlog.get_logger("patientbot.portal")
 
@@ -96,11 +96,12 @@ def _string_field(data: dict[str, Any], name: str) -> str:
 
 
 class PortalChannel:
-    def __init__(self, *, config: Config, store: Store, ingress: Ingress,
+    def __init__(self, *, config: Config, store: Store, ingress: Ingress, intake: Intake,
                  directory: PatientDirectory, hasher: Hasher, session_secret: bytes,
                  audit: AuditLog) -> None:
         self._config = config
         self._audit = audit
+        self._intake = intake  # flood limit per patient, then the durable enqueue
         self._portal = config.app.portal
         self._store = store
         self._ingress = ingress
@@ -224,10 +225,8 @@ class PortalChannel:
         inbound = Inbound(channel=CHANNEL, sender=patient_id,
                           provider_message_id=f"{ref}:{client_id}", text=text,
                           verified_patient=patient_id)
-        entry = await self._ingress.submit(inbound)
-        metrics.MESSAGES_IN.labels(channel=CHANNEL).inc()
-        log.info("portal message queued", conversation=entry.conversation_id,
-                 entry=entry.entry_id)
+        if await self._intake.accept(inbound) is IntakeResult.RATE_LIMITED:
+            return _error(429, "Too many messages at once. Please wait a minute and try again.")
         return JSONResponse({"accepted": True}, status_code=202)
 
     def _conversation_id(self, patient_id: str) -> str:

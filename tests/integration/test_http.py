@@ -143,6 +143,16 @@ async def test_the_same_client_message_sent_five_times_is_answered_once(live) ->
     assert [m["direction"] for m in history] == ["in", "out"]
 
 
+async def test_a_flood_from_one_patient_is_limited_and_nothing_vanishes(live, config) -> None:
+    auth = await live.sign_in()
+    codes = [(await send(live, auth, f"message {n}", client_id=f"flood-{n:04d}")).status_code
+             for n in range(100)]
+    allowed = config.channels.limits.per_sender_per_minute
+    assert codes.count(202) == allowed and codes.count(429) == 100 - allowed
+    assert codes[:allowed] == [202] * allowed  # the first ones go through, then a clear 429
+    assert await live.runtime.ingress.queue.pending() <= allowed
+
+
 async def test_replies_stream_as_server_sent_events(live, config) -> None:
     auth = await live.sign_in()
     cursor = (await live.history(auth))["cursor"]
