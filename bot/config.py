@@ -108,8 +108,31 @@ class QueueConfig(_Model):
         return self.patient_name.get(language) or self.display_name
 
 
+class EscalationConfig(_Model):
+    """queues.yml `escalation:` (optional): how unclaimed handoffs and promised callbacks
+    escalate (handoff/escalation.py).
+
+    An unclaimed ticket is re-notified after its lane's ack_sla_minutes, goes to the backup
+    owner after another SLA period, then to the supervisor. Emergency tickets use
+    min(lane SLA, emergency_ack_minutes). The owner is warned when `callback_alert_share` of
+    the time to the promised callback has passed, or `callback_alert_lead_minutes` before it
+    is due if that is earlier. With `staffed_hours_only`, a step that falls due while a
+    next_business_day lane is closed fires when the lane opens (on-call lanes and emergencies
+    escalate at any hour).
+    """
+
+    emergency_ack_minutes: int = Field(5, ge=1, le=24 * 60)
+    callback_alert_share: float = Field(0.8, gt=0, lt=1)
+    callback_alert_lead_minutes: int | None = Field(None, ge=1, le=7 * 24 * 60)
+    staffed_hours_only: bool = True
+    # How long a sweeper holds a due timer while it fires it; one that dies mid-way loses it
+    # to another sweeper after this.
+    timer_lease_seconds: float = Field(60.0, gt=0, le=3600)
+
+
 class QueuesFile(_Model):
     queues: dict[LaneName, QueueConfig]
+    escalation: EscalationConfig = EscalationConfig()
 
 
 class IntentConfig(_Model):
@@ -168,6 +191,10 @@ class Templates(_Model):
     window_business_hours: str
     window_days: str
     window_business_days: str
+    # Agent desk (handoff/desk.py): sent when an agent resolves the handoff, or gives the
+    # conversation back to the bot.
+    resolved_closing: str
+    returned_to_bot: str
 
 
 class MessagesFile(_Model):
@@ -285,6 +312,7 @@ class Config(_Model):
     knowledge: KnowledgeFile
     scripts: dict[str, Script] = {}
     channels: ChannelsFile = ChannelsFile()
+    escalation: EscalationConfig = EscalationConfig()
 
     @property
     def project_root(self) -> Path:
@@ -426,7 +454,7 @@ def load_config(directory: Path | str | None = None) -> Config:
                   safety=loaded["safety.yml"], coverage=loaded["coverage.yml"],
                   policy=loaded["policy.yml"], scheduling=loaded["scheduling.yml"],
                   knowledge=loaded["knowledge.yml"], scripts=scripts,
-                  channels=loaded["channels.yml"])
+                  channels=loaded["channels.yml"], escalation=loaded["queues.yml"].escalation)
 
 
 def _load_scripts(root: Path) -> dict[str, Script]:

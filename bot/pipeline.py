@@ -27,6 +27,7 @@ from bot.errors import CryptoError, PatientbotError
 from bot.ingress import Ingress, IngressEntry
 from bot.session import Direction, IdentityStatus, Session, SessionState, TranscriptEntry
 from bot.store import Store, Turn
+from handoff.escalation import EscalationPolicy
 from handoff.tickets import HandoffNote, HandoffTicket
 
 log = structlog.get_logger("patientbot.pipeline")
@@ -78,6 +79,7 @@ class Pipeline:
         self._decide = decision_step
         self._workers = config.app.workers
         self._clock = clock  # `patientbot simulate` and readiness drive it
+        self._escalation = EscalationPolicy(config)
 
     async def handle(self, entry: IngressEntry, *, waited: float = 0.0) -> Result:
         """Process one entry. `waited` is how long the caller has been deferring it."""
@@ -188,6 +190,8 @@ class Pipeline:
                                    note=_note_with_attachments(request.note, inbound),
                                    priority=request.priority)
             turn.tickets.append(ticket)
+            # Escalation timers go in the same atomic commit as their ticket.
+            turn.timers.extend(self._escalation.first_timers(ticket, now))
             session.open_ticket_id = ticket.id
             turn.transcript.append(TranscriptEntry(
                 Direction.EVENT, "system", f"handoff:{request.lane}:{request.reason}",

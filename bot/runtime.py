@@ -32,6 +32,8 @@ from bot.worker import Worker
 from channels.base import ChannelRegistry, PatientChannel
 from channels.intake import Intake
 from channels.portal import PortalAdapter
+from handoff.desk import AgentDesk
+from handoff.escalation import EscalationSweeper
 
 log = structlog.get_logger("patientbot.runtime")
 
@@ -96,6 +98,10 @@ class Runtime:
     decision_step: DecisionStep
     intake: Intake
     patient_channels: list[PatientChannel] = field(default_factory=list)
+    # Agent desk and escalation timers (handoff/): the agent interfaces drive `desk`; set
+    # `escalations.notifier` to deliver escalation notices (the default only records).
+    desk: AgentDesk | None = None
+    escalations: EscalationSweeper | None = None
     _redis: redis.Redis | None = None
     _worker_tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -141,6 +147,7 @@ class Runtime:
         for name in channels.names():
             metrics.show_channel(name)
         lease = config.app.workers.lock_ttl_seconds
+        dispatcher = OutboxDispatcher(store, channels, audit, lease_seconds=lease)
         if decision_step is None:
             from bot.engine import Engine
 
@@ -154,13 +161,15 @@ class Runtime:
             ingress=ingress,
             pipeline=Pipeline(config=config, store=store, ingress=ingress, audit=audit,
                               decision_step=step, clock=clock),
-            dispatcher=OutboxDispatcher(store, channels, audit, lease_seconds=lease),
+            dispatcher=dispatcher,
             channels=channels,
             directory=EncryptedPatientDirectory(config.patients, keys.sealer, keys.hasher),
             audit=audit,
             decision_step=step,
             intake=intake,
             patient_channels=patient_channels,
+            desk=AgentDesk(config, store, audit, dispatcher=dispatcher, clock=clock),
+            escalations=EscalationSweeper(config, store, audit, clock=clock),
             _redis=client,
         )
 
@@ -170,7 +179,7 @@ class Runtime:
         return Worker(ingress=self.ingress, pipeline=self.pipeline, dispatcher=self.dispatcher,
                       name=name, concurrency=workers.concurrency,
                       reclaim_idle=reclaim_idle or workers.reclaim_idle_seconds,
-                      max_deliveries=workers.max_deliveries)
+                      max_deliveries=workers.max_deliveries, escalations=self.escalations)
 
     def start_workers(self, count: int) -> None:
         for _ in range(count):

@@ -1,4 +1,5 @@
-"""Workers: read the ingress queue, run the pipeline, acknowledge, reclaim, sweep the outbox.
+"""Workers: read the ingress queue, run the pipeline, acknowledge, reclaim, sweep the outbox
+and fire due escalation timers.
 
 Messages are processed concurrently (up to `concurrency`), except that messages of one
 conversation run one after another in arrival order; across processes, the pipeline's
@@ -13,6 +14,7 @@ import contextlib
 import os
 import socket
 import time
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -21,6 +23,9 @@ from bot.envelopes import Outbound
 from bot.ingress import Ingress, IngressEntry
 from bot.outbox import OutboxDispatcher
 from bot.pipeline import Outcome, Pipeline, PoisonEntry
+
+if TYPE_CHECKING:
+    from handoff.escalation import EscalationSweeper
 
 log = structlog.get_logger("patientbot.worker")
 
@@ -41,8 +46,10 @@ def consumer_name(prefix: str = "worker") -> str:
 class Worker:
     def __init__(self, *, ingress: Ingress, pipeline: Pipeline, dispatcher: OutboxDispatcher,
                  name: str | None = None, concurrency: int = 32,
-                 reclaim_idle: float = 30.0, max_deliveries: int = 5) -> None:
+                 reclaim_idle: float = 30.0, max_deliveries: int = 5,
+                 escalations: EscalationSweeper | None = None) -> None:
         self.name = name or consumer_name()
+        self._escalations = escalations
         self._ingress = ingress
         self._queue = ingress.queue
         self._pipeline = pipeline
@@ -161,7 +168,8 @@ class Worker:
             self._conversation_locks[conversation_id] = (lock, users - 1)
 
     async def _maintenance(self, stop: asyncio.Event) -> None:
-        """Reclaim dead workers' entries and resend replies whose lease ran out."""
+        """Reclaim dead workers' entries, resend replies whose lease ran out, and fire due
+        escalation timers (each is leased to one sweeper, so workers never fire one twice)."""
         while not stop.is_set():
             try:
                 async with asyncio.timeout(MAINTENANCE_DEADLINE):
@@ -176,5 +184,12 @@ class Worker:
                     metrics.INGRESS_DEAD.set(await self._queue.dead_letters())
             except Exception as err:
                 log.error("maintenance failed", worker=self.name, error_type=type(err).__name__)
+            if self._escalations is not None:
+                try:
+                    async with asyncio.timeout(MAINTENANCE_DEADLINE):
+                        await self._escalations.sweep()
+                except Exception as err:
+                    log.error("escalation sweep failed", worker=self.name,
+                              error_type=type(err).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), MAINTENANCE_INTERVAL)

@@ -1,5 +1,5 @@
 """Conversation storage: one protocol, an in-memory twin and Redis."""
 
-from bot.store.base import Lease, MailboxItem, Store, Turn, TurnStart
+from bot.store.base import Lease, MailboxItem, ReviewItem, Store, Turn, TurnStart
 
-__all__ = ["Lease", "MailboxItem", "Store", "Turn", "TurnStart"]
+__all__ = ["Lease", "MailboxItem", "ReviewItem", "Store", "Turn", "TurnStart"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from bot.envelopes import ConversationKey, Outbound
 from bot.errors import LockTimeout
 from bot.session import Session, TranscriptEntry
-from handoff.tickets import HandoffTicket
+from handoff.tickets import HandoffTicket, TicketTimer
 
 
 @dataclass(slots=True)
@@ -28,7 +28,8 @@ class Turn:
 
     `processed` is the (channel, provider message id) to remember for dedupe; the outbox
     entries are committed leased to the committing worker (it sends them right away) and are
-    picked up by any worker's outbox sweep if it does not.
+    picked up by any worker's outbox sweep if it does not. `timers` are the escalation timers
+    of the new tickets (handoff/escalation.py); a timer already stored is left as it is.
     """
 
     session: Session
@@ -36,6 +37,7 @@ class Turn:
     transcript: list[TranscriptEntry] = field(default_factory=list)
     outbox: list[Outbound] = field(default_factory=list)
     tickets: list[HandoffTicket] = field(default_factory=list)
+    timers: list[TicketTimer] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,18 @@ class MailboxItem:
     cursor: int
     message_id: str
     text: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewItem:
+    """A record waiting for an admin's review, e.g. a message an agent relabelled (queue
+    ``relabel``). `record` may hold PHI: the whole item is sealed at rest, and only `queue`
+    (a code) and `item_id` (an opaque id) appear in key names."""
+
+    queue: str
+    item_id: str
+    record: dict[str, Any]
     at: datetime
 
 
@@ -118,7 +132,48 @@ class Store(Protocol):
 
     async def tickets_in_lane(self, lane: str) -> list[HandoffTicket]:
         """Tickets of one lane in serving order: emergency, urgent, then normal priority,
-        oldest first within each."""
+        oldest first within each. A ticket resolved or moved through `update_ticket` has
+        left the lane."""
+
+    async def update_ticket(self, ticket: HandoffTicket, *, turn: Turn | None = None,
+                            timers: Sequence[TicketTimer] = (),
+                            cancel_timers: Sequence[str] = (),
+                            review: ReviewItem | None = None, lease_seconds: float = 30.0,
+                            release: Lease | None = None) -> bool:
+        """Compare-and-set a changed ticket, with everything that goes with the change.
+
+        Writes only if the stored ticket's `revision` still equals `ticket.revision` (nobody
+        changed it since it was read), and then, atomically: the ticket with its revision
+        advanced (`ticket.revision` is advanced too); its lane index entry (moved to
+        `ticket.lane` with the current serving score; removed when it is RESOLVED, so a
+        lane's index holds open tickets only); the turn's session, transcript and outbox as
+        `commit` writes them (`turn.tickets` must be empty); `timers` scheduled (replacing
+        timers with the same id); `cancel_timers` (timer ids) dropped; `review` added to its
+        queue (replacing an item with the same id); and the conversation lock `release`
+        released if still held.
+
+        Returns False, writing nothing, when the ticket changed meanwhile or is gone: read
+        it again and decide again.
+        """
+
+    async def claim_timers(self, *, now: datetime, limit: int,
+                           lease_seconds: float) -> list[TicketTimer]:
+        """Timers due at `now` (the caller's clock), oldest first, leased to the caller until
+        `now + lease_seconds`: no other caller gets them meanwhile, even in another process.
+        A leased timer that is neither completed nor cancelled is due again when its lease
+        ends, so a sweeper that dies mid-way does not lose it. `TicketTimer.due` is the
+        timer's own due time, not the lease."""
+
+    async def complete_timer(self, timer_id: str) -> None:
+        """The timer has fired (or is obsolete): drop it."""
+
+    async def get_timer(self, timer_id: str) -> TicketTimer | None:
+        """A scheduled (or leased) timer; None once completed or cancelled."""
+
+    async def review_items(self, queue: str) -> list[ReviewItem]:
+        """The items of a review queue, oldest first."""
+
+    async def review_remove(self, queue: str, item_id: str) -> None: ...
 
     async def mailbox_append(self, conversation_id: str, message_id: str, text: str,
                              at: datetime) -> int:

@@ -14,8 +14,16 @@ from typing import Any
 from bot.crypto import Sealer
 from bot.envelopes import ConversationKey, Outbound
 from bot.session import Direction, IdentityStatus, Session, SessionState, TranscriptEntry
-from bot.store.base import MailboxItem
-from handoff.tickets import HandoffNote, HandoffTicket, Priority, TicketStatus
+from bot.store.base import MailboxItem, ReviewItem
+from handoff.tickets import (
+    HandoffNote,
+    HandoffTicket,
+    Priority,
+    TicketEvent,
+    TicketStatus,
+    TicketTimer,
+    TimerKind,
+)
 
 
 def _dt(value: datetime | None) -> str | None:
@@ -125,7 +133,23 @@ class Codec:
             "created_at": _dt(ticket.created_at),
             "updated_at": _dt(ticket.updated_at),
             "note": note,
+            # Desk and escalation state: codes and staff ids only (not PHI).
+            "revision": ticket.revision,
+            "claimed_by": ticket.claimed_by,
+            "claimed_at": _dt(ticket.claimed_at),
+            "outcome": ticket.outcome,
+            "corrected_intent": ticket.corrected_intent,
+            "escalation_stage": ticket.escalation_stage,
+            "escalation_round": ticket.escalation_round,
+            "callback_alerted": ticket.callback_alerted,
+            "history": [[e.action, e.actor, _dt(e.at), e.detail] for e in ticket.history],
         })
+
+    @staticmethod
+    def ticket_header(raw: str | bytes) -> tuple[int, str]:
+        """(revision, lane) of a stored ticket, without opening its sealed fields."""
+        data = json.loads(raw)
+        return data.get("revision", 0), data["lane"]
 
     def parse_ticket(self, raw: str | bytes) -> HandoffTicket:
         data = json.loads(raw)
@@ -147,7 +171,38 @@ class Codec:
             created_at=_parse_dt(data["created_at"]),
             updated_at=_parse_dt(data["updated_at"]),
             note=HandoffNote(**note),
+            # Tickets stored before the agent desk existed have none of these.
+            revision=data.get("revision", 0),
+            claimed_by=data.get("claimed_by", ""),
+            claimed_at=_parse_dt(data.get("claimed_at")),
+            outcome=data.get("outcome", ""),
+            corrected_intent=data.get("corrected_intent", ""),
+            escalation_stage=data.get("escalation_stage", 0),
+            escalation_round=data.get("escalation_round", 0),
+            callback_alerted=data.get("callback_alerted", False),
+            history=[TicketEvent(action, actor, _parse_dt(at), detail)
+                     for action, actor, at, detail in data.get("history", ())],
         )
+
+    # escalation timers ----------------------------------------------------------------
+    def timer(self, timer: TicketTimer) -> str:
+        return self.value("timer", timer.id, {"ticket": timer.ticket_id, "kind": timer.kind.value,
+                                               "due": _dt(timer.due), "round": timer.round})
+
+    def parse_timer(self, timer_id: str, raw: str | bytes) -> TicketTimer:
+        data = self.parse_value("timer", timer_id, raw)
+        return TicketTimer(ticket_id=data["ticket"], kind=TimerKind(data["kind"]),
+                           due=_parse_dt(data["due"]), round=data["round"])
+
+    # review queues (e.g. relabelled messages) --------------------------------------------
+    def review(self, item: ReviewItem) -> str:
+        return self.value(f"review:{item.queue}", item.item_id,
+                          {"record": item.record, "at": _dt(item.at)})
+
+    def parse_review(self, queue: str, item_id: str, raw: str | bytes) -> ReviewItem:
+        data = self.parse_value(f"review:{queue}", item_id, raw)
+        return ReviewItem(queue=queue, item_id=item_id, record=data["record"],
+                          at=_parse_dt(data["at"]))
 
     # small sealed values (portal sessions, mailbox items) -------------------------------
     def value(self, namespace: str, item_id: str, data: dict[str, Any]) -> str:

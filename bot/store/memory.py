@@ -10,17 +10,25 @@ import asyncio
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from bot.crypto import Hasher, Sealer
 from bot.envelopes import ConversationKey, Outbound
 from bot.session import Session, TranscriptEntry
-from bot.store.base import Lease, MailboxItem, Turn, TurnStart, acquire_polling
+from bot.store.base import (
+    Lease,
+    MailboxItem,
+    ReviewItem,
+    Turn,
+    TurnStart,
+    acquire_polling,
+)
 from bot.store.codec import Codec
-from handoff.tickets import HandoffTicket
+from handoff.tickets import HandoffTicket, TicketStatus, TicketTimer
 
 
 class _Expiring:
@@ -84,6 +92,10 @@ class MemoryStore:
         self._mailboxes: dict[str, list[str]] = defaultdict(list)
         self._mailbox_cursors: dict[tuple[str, str], int] = {}
         self._mailbox_changed = asyncio.Condition()
+        # Escalation timers: id -> (sealed payload, due or lease end as a POSIX timestamp).
+        self._timers: dict[str, tuple[str, float]] = {}
+        # Review queues: queue -> item id -> (sealed item, position timestamp).
+        self._reviews: dict[str, dict[str, tuple[str, float]]] = defaultdict(dict)
 
     def _dedupe_key(self, channel: str, provider_message_id: str) -> str:
         return self._hasher.digest(f"{channel}\x00{provider_message_id}", purpose="dedupe")
@@ -132,25 +144,106 @@ class MemoryStore:
     async def commit(self, turn: Turn, *, lease_seconds: float = 30.0,
                      release: Lease | None = None) -> None:
         # Serialise everything first: an encoding error must leave nothing half-written.
+        apply = self._prepare_turn(turn, lease_seconds=lease_seconds)
+        apply()
+        if release is not None:
+            self._release(release)
+
+    def _prepare_turn(self, turn: Turn, *, lease_seconds: float) -> Callable[[], None]:
+        """Serialise a turn; the returned function writes it (no await in between, so that
+        a caller can check a condition and write atomically)."""
         conv = turn.session.conversation_id
         session_raw = self._codec.session(turn.session)
         entries = [self._codec.entry(conv, entry) for entry in turn.transcript]
         outbox = [(m.id, self._codec.outbound(m)) for m in turn.outbox]
         tickets = [(t, self._codec.ticket(t)) for t in turn.tickets]
-        self._sessions.set(conv, session_raw, self._retention)
-        self._transcripts[conv].extend(entries)
-        due = time.monotonic() + lease_seconds
-        for outbound_id, body in outbox:
-            if outbound_id not in self._outbox and self._outbox_sent.get(outbound_id) is None:
-                self._outbox[outbound_id] = (body, due)
-        for ticket, body in tickets:
-            if ticket.id not in self._tickets:
-                self._lanes[ticket.lane].append(ticket.id)
-            self._tickets[ticket.id] = body
-        if turn.processed:
-            self._processed.set(self._dedupe_key(*turn.processed), True, self._dedupe_ttl)
+        timers = [(t.id, self._codec.timer(t), t.due.timestamp()) for t in turn.timers]
+
+        def apply() -> None:
+            self._sessions.set(conv, session_raw, self._retention)
+            self._transcripts[conv].extend(entries)
+            due = time.monotonic() + lease_seconds
+            for outbound_id, body in outbox:
+                if outbound_id not in self._outbox and \
+                        self._outbox_sent.get(outbound_id) is None:
+                    self._outbox[outbound_id] = (body, due)
+            for ticket, body in tickets:
+                if ticket.id not in self._tickets:
+                    self._lanes[ticket.lane].append(ticket.id)
+                self._tickets[ticket.id] = body
+            for timer_id, body, timer_due in timers:
+                self._timers.setdefault(timer_id, (body, timer_due))
+            if turn.processed:
+                self._processed.set(self._dedupe_key(*turn.processed), True, self._dedupe_ttl)
+
+        return apply
+
+    async def update_ticket(self, ticket: HandoffTicket, *, turn: Turn | None = None,
+                            timers: Sequence[TicketTimer] = (),
+                            cancel_timers: Sequence[str] = (),
+                            review: ReviewItem | None = None, lease_seconds: float = 30.0,
+                            release: Lease | None = None) -> bool:
+        if turn is not None and turn.tickets:
+            raise ValueError("update_ticket writes its own ticket; turn.tickets must be empty")
+        # Serialise first, then check and write with no await in between: atomic in the loop.
+        written = replace(ticket, revision=ticket.revision + 1)
+        body = self._codec.ticket(written)
+        apply_turn = self._prepare_turn(turn, lease_seconds=lease_seconds) if turn else None
+        sealed_timers = [(t.id, self._codec.timer(t), t.due.timestamp()) for t in timers]
+        sealed_review = self._codec.review(review) if review else None
+        stored = self._tickets.get(ticket.id)
+        if stored is None:
+            return False
+        revision, old_lane = self._codec.ticket_header(stored)
+        if revision != ticket.revision:
+            return False
+        if old_lane != ticket.lane and ticket.id in self._lanes.get(old_lane, []):
+            self._lanes[old_lane].remove(ticket.id)
+        lane = self._lanes[ticket.lane]
+        if ticket.status is TicketStatus.RESOLVED:
+            if ticket.id in lane:
+                lane.remove(ticket.id)
+        elif ticket.id not in lane:
+            lane.append(ticket.id)
+        self._tickets[ticket.id] = body
+        if apply_turn is not None:
+            apply_turn()
+        for timer_id in cancel_timers:
+            self._timers.pop(timer_id, None)
+        for timer_id, timer_body, due in sealed_timers:
+            self._timers[timer_id] = (timer_body, due)
+        if review is not None and sealed_review is not None:
+            self._reviews[review.queue][review.item_id] = (sealed_review, review.at.timestamp())
         if release is not None:
             self._release(release)
+        ticket.revision = written.revision
+        return True
+
+    async def claim_timers(self, *, now: datetime, limit: int,
+                           lease_seconds: float) -> list[TicketTimer]:
+        at = now.timestamp()
+        due = sorted((item_due, timer_id) for timer_id, (_, item_due) in self._timers.items()
+                     if item_due <= at)[:limit]
+        claimed = []
+        for _, timer_id in due:
+            body, _ = self._timers[timer_id]
+            self._timers[timer_id] = (body, at + lease_seconds)
+            claimed.append(self._codec.parse_timer(timer_id, body))
+        return claimed
+
+    async def complete_timer(self, timer_id: str) -> None:
+        self._timers.pop(timer_id, None)
+
+    async def get_timer(self, timer_id: str) -> TicketTimer | None:
+        item = self._timers.get(timer_id)
+        return None if item is None else self._codec.parse_timer(timer_id, item[0])
+
+    async def review_items(self, queue: str) -> list[ReviewItem]:
+        items = sorted(self._reviews.get(queue, {}).items(), key=lambda pair: pair[1][1])
+        return [self._codec.parse_review(queue, item_id, body) for item_id, (body, _) in items]
+
+    async def review_remove(self, queue: str, item_id: str) -> None:
+        self._reviews.get(queue, {}).pop(item_id, None)
 
     async def transcript(self, conversation_id: str, start: int = 0) -> list[TranscriptEntry]:
         raw = self._transcripts.get(conversation_id, [])[start:]

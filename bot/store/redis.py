@@ -3,8 +3,11 @@
 Key names (all under one prefix): ``s:<conv>`` session, ``t:<conv>`` transcript list,
 ``d:<hash>`` processed provider message ids, ``l:<conv>`` conversation lock, ``o:<id>`` outbox
 entry (hash) with ``oq`` its due-time sorted set, ``tk:<id>`` ticket with ``lane:<lane>``,
-``mb:<conv>``/``mbi:<conv>`` portal mailbox, ``kv:<ns>:<id>``, ``c:<ns>:<id>`` counters.
-<conv> is ``channel:keyed-hash``; nothing in a key name is PHI. Values are sealed by `Codec`.
+``mb:<conv>``/``mbi:<conv>`` portal mailbox, ``kv:<ns>:<id>``, ``c:<ns>:<id>`` counters,
+``tm:<timer id>`` escalation timer (sealed) with ``tmq`` its due-time sorted set,
+``rv:<queue>`` review items (hash of sealed items) with ``rvq:<queue>`` their order.
+<conv> is ``channel:keyed-hash``; ticket and timer ids are opaque; nothing in a key name is
+PHI. Values are sealed by `Codec`.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -22,9 +26,16 @@ import redis.asyncio as redis
 from bot.crypto import Hasher, Sealer
 from bot.envelopes import ConversationKey, Outbound
 from bot.session import Session, TranscriptEntry
-from bot.store.base import Lease, MailboxItem, Turn, TurnStart, acquire_polling
+from bot.store.base import (
+    Lease,
+    MailboxItem,
+    ReviewItem,
+    Turn,
+    TurnStart,
+    acquire_polling,
+)
 from bot.store.codec import Codec
-from handoff.tickets import HandoffTicket
+from handoff.tickets import HandoffTicket, TicketStatus, TicketTimer
 
 # Take the conversation lock and, if taken, read the session and the dedupe mark with it.
 _OPEN_TURN = """
@@ -45,6 +56,17 @@ for _, id in ipairs(ids) do
   redis.call('ZADD', KEYS[1], ARGV[2], id)
   table.insert(out, id)
   table.insert(out, redis.call('HGET', ARGV[4] .. id, 'body') or '')
+end
+return out
+"""
+# Lease due timers (same scheme as the outbox): ARGV now, lease end, limit, payload key prefix.
+_CLAIM_TIMERS = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+local out = {}
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[1], ARGV[2], id)
+  table.insert(out, id)
+  table.insert(out, redis.call('GET', ARGV[4] .. id) or '')
 end
 return out
 """
@@ -95,6 +117,7 @@ class RedisStore:
         self._mailbox_append = client.register_script(_MAILBOX_APPEND)
         self._count = client.register_script(_COUNT)
         self._create_all = client.register_script(_CREATE_ALL)
+        self._claim_timers = client.register_script(_CLAIM_TIMERS)
 
     @classmethod
     def from_url(cls, url: str, sealer: Sealer, hasher: Hasher, **options: Any) -> RedisStore:
@@ -157,9 +180,18 @@ class RedisStore:
 
     async def commit(self, turn: Turn, *, lease_seconds: float = 30.0,
                      release: Lease | None = None) -> None:
+        pipe = self._r.pipeline(transaction=True)
+        self._queue_turn(pipe, turn, lease_seconds=lease_seconds)
+        if release is not None and not release.released:
+            await self._release(keys=[release.name], args=[release.token], client=pipe)
+        await pipe.execute()
+        if release is not None:
+            release.released = True
+
+    def _queue_turn(self, pipe: Any, turn: Turn, *, lease_seconds: float) -> None:
+        """Queue the writes of a turn on a transaction pipeline."""
         conv = turn.session.conversation_id
         retention = _ms(self._retention)
-        pipe = self._r.pipeline(transaction=True)
         pipe.set(self._k("s", conv), self._codec.session(turn.session), px=retention)
         if turn.transcript:
             tkey = self._k("t", conv)
@@ -175,13 +207,104 @@ class RedisStore:
         for ticket in turn.tickets:
             pipe.set(self._k("tk", ticket.id), self._codec.ticket(ticket), px=retention)
             pipe.zadd(self._k("lane", ticket.lane), {ticket.id: ticket.queue_score}, nx=True)
+        for timer in turn.timers:
+            pipe.set(self._k("tm", timer.id), self._codec.timer(timer), px=retention, nx=True)
+            pipe.zadd(self._k("tmq"), {timer.id: timer.due.timestamp()}, nx=True)
         if turn.processed:
             pipe.set(self._dedupe_key(*turn.processed), b"1", px=_ms(self._dedupe_ttl))
-        if release is not None and not release.released:
-            await self._release(keys=[release.name], args=[release.token], client=pipe)
-        await pipe.execute()
+
+    async def update_ticket(self, ticket: HandoffTicket, *, turn: Turn | None = None,
+                            timers: Sequence[TicketTimer] = (),
+                            cancel_timers: Sequence[str] = (),
+                            review: ReviewItem | None = None, lease_seconds: float = 30.0,
+                            release: Lease | None = None) -> bool:
+        if turn is not None and turn.tickets:
+            raise ValueError("update_ticket writes its own ticket; turn.tickets must be empty")
+        key = self._k("tk", ticket.id)
+        retention = _ms(self._retention)
+        written = replace(ticket, revision=ticket.revision + 1)
+        body = self._codec.ticket(written)
+        sealed_timers = [(timer, self._codec.timer(timer)) for timer in timers]
+        sealed_review = self._codec.review(review) if review else None
+        # WATCH the ticket: the transaction fails if anyone writes it after our read.
+        async with self._r.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(key)
+                stored = await pipe.get(key)
+                if stored is None:
+                    return False
+                revision, old_lane = self._codec.ticket_header(stored)
+                if revision != ticket.revision:
+                    return False
+                pipe.multi()
+                pipe.set(key, body, px=retention)
+                if old_lane != ticket.lane:
+                    pipe.zrem(self._k("lane", old_lane), ticket.id)
+                if ticket.status is TicketStatus.RESOLVED:
+                    pipe.zrem(self._k("lane", ticket.lane), ticket.id)
+                else:
+                    pipe.zadd(self._k("lane", ticket.lane), {ticket.id: ticket.queue_score})
+                if turn is not None:
+                    self._queue_turn(pipe, turn, lease_seconds=lease_seconds)
+                for timer_id in cancel_timers:
+                    pipe.zrem(self._k("tmq"), timer_id)
+                    pipe.delete(self._k("tm", timer_id))
+                for timer, sealed in sealed_timers:
+                    pipe.set(self._k("tm", timer.id), sealed, px=retention)
+                    pipe.zadd(self._k("tmq"), {timer.id: timer.due.timestamp()})
+                if review is not None:
+                    items, order = self._k("rv", review.queue), self._k("rvq", review.queue)
+                    pipe.hset(items, review.item_id, sealed_review)
+                    pipe.zadd(order, {review.item_id: review.at.timestamp()})
+                    pipe.pexpire(items, retention)
+                    pipe.pexpire(order, retention)
+                if release is not None and not release.released:
+                    await self._release(keys=[release.name], args=[release.token], client=pipe)
+                await pipe.execute()
+            except redis.WatchError:
+                return False
         if release is not None:
             release.released = True
+        ticket.revision = written.revision
+        return True
+
+    async def claim_timers(self, *, now: datetime, limit: int,
+                           lease_seconds: float) -> list[TicketTimer]:
+        at = now.timestamp()
+        flat = await self._claim_timers(keys=[self._k("tmq")],
+                                        args=[at, at + lease_seconds, limit, self._k("tm", "")])
+        claimed = []
+        for raw_id, body in zip(flat[::2], flat[1::2], strict=True):
+            timer_id = raw_id.decode()
+            if not body:  # expired under retention; drop its queue slot
+                await self._r.zrem(self._k("tmq"), timer_id)
+                continue
+            claimed.append(self._codec.parse_timer(timer_id, body))
+        return claimed
+
+    async def complete_timer(self, timer_id: str) -> None:
+        pipe = self._r.pipeline(transaction=True)
+        pipe.zrem(self._k("tmq"), timer_id)
+        pipe.delete(self._k("tm", timer_id))
+        await pipe.execute()
+
+    async def get_timer(self, timer_id: str) -> TicketTimer | None:
+        raw = await self._r.get(self._k("tm", timer_id))
+        return None if raw is None else self._codec.parse_timer(timer_id, raw)
+
+    async def review_items(self, queue: str) -> list[ReviewItem]:
+        ids = await self._r.zrange(self._k("rvq", queue), 0, -1)
+        if not ids:
+            return []
+        raws = await self._r.hmget(self._k("rv", queue), ids)
+        return [self._codec.parse_review(queue, item_id.decode(), raw)
+                for item_id, raw in zip(ids, raws, strict=True) if raw is not None]
+
+    async def review_remove(self, queue: str, item_id: str) -> None:
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hdel(self._k("rv", queue), item_id)
+        pipe.zrem(self._k("rvq", queue), item_id)
+        await pipe.execute()
 
     async def transcript(self, conversation_id: str, start: int = 0) -> list[TranscriptEntry]:
         raw = await self._r.lrange(self._k("t", conversation_id), start, -1)

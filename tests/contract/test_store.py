@@ -11,7 +11,16 @@ from bot.envelopes import ConversationKey, Outbound, utcnow
 from bot.errors import LockTimeout
 from bot.session import Direction, IdentityStatus, Session, SessionState, TranscriptEntry
 from bot.store import Turn
-from handoff.tickets import HandoffNote, HandoffTicket, Priority
+from bot.store.base import ReviewItem
+from handoff.tickets import (
+    HandoffNote,
+    HandoffTicket,
+    Priority,
+    TicketEvent,
+    TicketStatus,
+    TicketTimer,
+    TimerKind,
+)
 
 
 def make_session(n: int = 1) -> Session:
@@ -298,3 +307,186 @@ async def test_kv_create_all_racing_overlapping_sets_never_overlap(store) -> Non
             assert await store.kv_get("slot", cell) == {"owner": n}
     for n in set(claims) - set(winners):  # every loser collided with some winner
         assert set(claims[n]) & set(taken)
+
+
+# --- tickets changed by the agent desk, escalation timers, review queues -------------------
+
+def make_ticket(session: Session, lane: str = "front_desk", **fields) -> HandoffTicket:
+    return HandoffTicket(conversation_id=session.conversation_id, channel="sms", lane=lane,
+                         reason="r", note=note(), **fields)
+
+
+def timer(ticket_id: str, kind: TimerKind, due, round_: int = 0) -> TicketTimer:
+    return TicketTimer(ticket_id, kind, due, round_)
+
+
+async def test_desk_fields_of_a_ticket_survive_the_round_trip(store) -> None:
+    session = make_session()
+    now = utcnow()
+    ticket = make_ticket(session, status=TicketStatus.CLAIMED, claimed_by="U123",
+                         claimed_at=now, corrected_intent="billing_question",
+                         escalation_stage=2, escalation_round=1, callback_alerted=True,
+                         history=[TicketEvent("claimed", "agent:U123", now),
+                                  TicketEvent("moved", "agent:U123", now, "a>b")])
+    await store.commit(Turn(session=session, tickets=[ticket]))
+    assert await store.get_ticket(ticket.id) == ticket
+
+
+async def test_update_ticket_writes_only_over_the_revision_it_read(store) -> None:
+    session = make_session()
+    ticket = make_ticket(session)
+    await store.commit(Turn(session=session, tickets=[ticket]))
+    first, second = await store.get_ticket(ticket.id), await store.get_ticket(ticket.id)
+    first.status, first.claimed_by = TicketStatus.CLAIMED, "U1"
+    assert await store.update_ticket(first)
+    assert first.revision == 1
+    # The second copy is stale: nothing it carries is written, not even the extras.
+    second.status, second.claimed_by = TicketStatus.CLAIMED, "U2"
+    message = reply(session, "never")
+    late = timer(ticket.id, TimerKind.RENOTIFY, utcnow())
+    assert not await store.update_ticket(
+        second, turn=Turn(session=session, outbox=[message]), timers=[late],
+        review=ReviewItem("relabel", ticket.id, {"x": 1}, utcnow()))
+    stored = await store.get_ticket(ticket.id)
+    assert (stored.claimed_by, stored.revision) == ("U1", 1)
+    assert await store.outbox_status(message.id) is None
+    assert await store.get_timer(late.id) is None
+    assert await store.review_items("relabel") == []
+    unknown = make_ticket(session)
+    assert not await store.update_ticket(unknown)  # never stored (or expired)
+    with pytest.raises(ValueError):
+        await store.update_ticket(stored, turn=Turn(session=session, tickets=[unknown]))
+
+
+async def test_concurrent_updates_of_one_revision_have_exactly_one_winner(store) -> None:
+    session = make_session()
+    ticket = make_ticket(session)
+    await store.commit(Turn(session=session, tickets=[ticket]))
+    copies = await asyncio.gather(*(store.get_ticket(ticket.id) for _ in range(20)))
+    for n, copy in enumerate(copies):
+        copy.claimed_by = f"U{n}"
+    results = await asyncio.gather(*(store.update_ticket(copy) for copy in copies))
+    assert sum(results) == 1
+    winner = copies[results.index(True)]
+    assert (await store.get_ticket(ticket.id)).claimed_by == winner.claimed_by
+
+
+async def test_update_ticket_moves_lanes_and_a_resolved_ticket_leaves_its_lane(store) -> None:
+    session = make_session()
+    start = utcnow()
+    old = make_ticket(session, created_at=start)
+    young = make_ticket(session, created_at=start + timedelta(minutes=5))
+    await store.commit(Turn(session=session, tickets=[old, young]))
+    moving = await store.get_ticket(young.id)
+    moving.lane, moving.priority = "billing", Priority.URGENT
+    assert await store.update_ticket(moving)
+    assert [t.id for t in await store.tickets_in_lane("front_desk")] == [old.id]
+    assert [t.id for t in await store.tickets_in_lane("billing")] == [young.id]
+    back = await store.get_ticket(young.id)
+    back.lane = "front_desk"  # urgent now: served before the older normal ticket
+    assert await store.update_ticket(back)
+    assert [t.id for t in await store.tickets_in_lane("front_desk")] == [young.id, old.id]
+    assert await store.tickets_in_lane("billing") == []
+    done = await store.get_ticket(old.id)
+    done.status = TicketStatus.RESOLVED
+    assert await store.update_ticket(done)
+    assert [t.id for t in await store.tickets_in_lane("front_desk")] == [young.id]
+    assert (await store.get_ticket(old.id)).status is TicketStatus.RESOLVED
+
+
+async def test_update_ticket_commits_a_turn_and_releases_the_lock(store) -> None:
+    session = make_session()
+    ticket = make_ticket(session)
+    await store.commit(Turn(session=session, tickets=[ticket]))
+    async with store.lock(session.conversation_id, ttl=5, timeout=1) as lease:
+        changed = await store.get_ticket(ticket.id)
+        session.state = SessionState.CLOSED
+        entry = TranscriptEntry(Direction.OUT, "agent:U1", "see you", "m1")
+        message = reply(session, "see you")
+        assert await store.update_ticket(
+            changed, turn=Turn(session=session, transcript=[entry], outbox=[message]),
+            release=lease, lease_seconds=0)
+        assert lease.released
+        async with store.lock(session.conversation_id, timeout=0.5):
+            pass
+    assert (await store.get_session(session.key)).state is SessionState.CLOSED
+    assert await store.transcript(session.conversation_id) == [entry]
+    assert [m.id for m in await store.claim_outbox(limit=5, lease_seconds=5)] == [message.id]
+
+
+async def test_timers_are_leased_when_due_and_dropped_when_completed(store) -> None:
+    session = make_session()
+    ticket = make_ticket(session)
+    now = utcnow()
+    first = timer(ticket.id, TimerKind.RENOTIFY, now + timedelta(minutes=30))
+    second = timer(ticket.id, TimerKind.CALLBACK_DUE_SOON, now + timedelta(minutes=40))
+    await store.commit(Turn(session=session, tickets=[ticket], timers=[second, first]))
+    assert await store.get_timer(first.id) == first
+    assert await store.claim_timers(now=now, limit=10, lease_seconds=60) == []
+    later = now + timedelta(minutes=45)
+    assert await store.claim_timers(now=later, limit=10, lease_seconds=60) == [first, second]
+    assert await store.claim_timers(now=later, limit=10, lease_seconds=60) == []  # leased
+    await store.complete_timer(first.id)
+    assert await store.get_timer(first.id) is None
+    # A lease that ran out (the sweeper died) makes the timer due again.
+    again = later + timedelta(seconds=61)
+    assert await store.claim_timers(now=again, limit=10, lease_seconds=60) == [second]
+    # Committing the same timer again does not reset it.
+    await store.commit(Turn(session=session, timers=[second]))
+    assert await store.claim_timers(now=again, limit=10, lease_seconds=60) == []
+
+
+async def test_update_ticket_schedules_and_cancels_timers(store) -> None:
+    session = make_session()
+    ticket = make_ticket(session)
+    now = utcnow()
+    renotify = timer(ticket.id, TimerKind.RENOTIFY, now)
+    await store.commit(Turn(session=session, tickets=[ticket], timers=[renotify]))
+    changed = await store.get_ticket(ticket.id)
+    backup = timer(ticket.id, TimerKind.BACKUP, now + timedelta(minutes=1))
+    assert await store.update_ticket(changed, timers=[backup], cancel_timers=[renotify.id])
+    assert await store.get_timer(renotify.id) is None
+    assert await store.claim_timers(now=now + timedelta(minutes=2), limit=10,
+                                    lease_seconds=5) == [backup]
+    # Scheduling a timer again replaces it (a new due time).
+    moved = timer(ticket.id, TimerKind.BACKUP, now + timedelta(hours=1))
+    assert await store.update_ticket(changed, timers=[moved])
+    assert await store.get_timer(backup.id) == moved
+    assert await store.claim_timers(now=now + timedelta(minutes=59), limit=10,
+                                    lease_seconds=5) == []
+
+
+async def test_racing_timer_claims_never_hand_out_a_timer_twice(store) -> None:
+    session = make_session()
+    now = utcnow()
+    timers = [timer(f"t{n:03d}", TimerKind.RENOTIFY, now - timedelta(seconds=n))
+              for n in range(40)]
+    await store.commit(Turn(session=session, timers=timers))
+
+    async def claim() -> list[str]:
+        await asyncio.sleep(0)
+        return [t.id for t in await store.claim_timers(now=now, limit=7, lease_seconds=60)]
+
+    claimed = [timer_id for batch in await asyncio.gather(*(claim() for _ in range(8)))
+               for timer_id in batch]
+    assert len(claimed) == len(set(claimed)) == 40
+
+
+async def test_review_items_are_kept_in_order_replaced_by_id_and_removed(store) -> None:
+    session = make_session()
+    first, second = make_ticket(session), make_ticket(session)
+    await store.commit(Turn(session=session, tickets=[first, second]))
+    now = utcnow()
+    items = [ReviewItem("relabel", first.id, {"text": "my words", "n": 1}, now),
+             ReviewItem("relabel", second.id, {"text": "other words", "n": 2},
+                        now + timedelta(seconds=1))]
+    for item in items:
+        assert await store.update_ticket(await store.get_ticket(item.item_id), review=item)
+    assert await store.review_items("relabel") == items
+    assert await store.review_items("other") == []
+    newer = ReviewItem("relabel", first.id, {"text": "my words", "n": 3},
+                       now + timedelta(seconds=2))
+    assert await store.update_ticket(await store.get_ticket(first.id), review=newer)
+    assert await store.review_items("relabel") == [items[1], newer]
+    await store.review_remove("relabel", second.id)
+    assert await store.review_items("relabel") == [newer]

@@ -1,0 +1,289 @@
+"""Escalation timers: no handoff is forgotten and no promised callback slips by unnoticed.
+
+Timers live in the store (Redis: a due-time sorted set plus sealed payloads), so they survive
+restarts; every worker runs `EscalationSweeper.sweep` in its maintenance loop, and each due
+timer is leased atomically to one sweeper, so two workers never fire the same timer.
+
+For a new ticket (scheduled in the same atomic commit that stores it, see `bot.pipeline`):
+
+- unclaimed past its lane's ``ack_sla_minutes`` -> ``renotify`` (the lane owner), then after
+  another SLA period still unclaimed -> ``backup`` (the queue's backup owner), then ->
+  ``supervisor``. Emergency tickets use min(lane SLA, ``escalation.emergency_ack_minutes``).
+  A claim cancels the unclaimed steps; moving a ticket to another lane starts them again.
+- a promised callback about to be missed (``escalation.callback_alert_share`` of the time to
+  ``note.callback_due`` passed, or ``callback_alert_lead_minutes`` before it) while the ticket
+  is not resolved -> ``callback_due_soon`` to the owner (the agent who claimed it, else the
+  lane owner).
+
+Every step fired is recorded in the ticket's history and audited (actor ``system``), then
+handed to an `EscalationNotifier`: the default one only records; the Slack layer implements
+it. Steps are fired at least once: a sweeper that dies between notifying and recording
+leaves the timer to be fired again after its lease.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import structlog
+
+from bot.audit import AuditEvent, AuditLog
+from bot.config import Config
+from bot.coverage import Coverage
+from bot.envelopes import utcnow
+from bot.store import Store
+from handoff.tickets import (
+    UNCLAIMED_KINDS,
+    HandoffTicket,
+    Priority,
+    TicketEvent,
+    TicketStatus,
+    TicketTimer,
+    TimerKind,
+    timer_id,
+)
+
+log = structlog.get_logger("patientbot.escalation")
+
+SYSTEM = "system"
+MAX_ATTEMPTS = 50  # compare-and-set retries; each lost race means someone else's change won
+
+
+class EscalationNotifier(Protocol):
+    """Tells people about a timer step. Implementations must not log patient data; the
+    ticket's note holds PHI (`summary`, `collected`), so show only what the destination may
+    carry (the Slack layer applies its field allow-list). Raising leaves the timer to be
+    fired again after its lease."""
+
+    async def renotify(self, ticket: HandoffTicket, *, owner: str) -> None:
+        """Still unclaimed after the lane's acknowledge SLA: remind the lane and its owner."""
+
+    async def notify_backup(self, ticket: HandoffTicket, *, backup: str) -> None:
+        """Still unclaimed after another SLA period: the queue's backup owner takes over."""
+
+    async def notify_supervisor(self, ticket: HandoffTicket, *, supervisor: str) -> None:
+        """Still unclaimed after the backup step: tell the supervisor."""
+
+    async def callback_due_soon(self, ticket: HandoffTicket, *, owner: str,
+                                due: datetime) -> None:
+        """The callback promised to the patient (`due`) is about to be missed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    kind: TimerKind
+    ticket_id: str
+    lane: str
+    to: str  # a staff role or staff id
+
+
+@dataclass
+class RecordingNotifier:
+    """The default notifier: remembers what it was asked to send (the step itself is
+    already in the ticket's history and the audit log)."""
+
+    sent: list[Notification] = field(default_factory=list)
+
+    async def renotify(self, ticket: HandoffTicket, *, owner: str) -> None:
+        self.sent.append(Notification(TimerKind.RENOTIFY, ticket.id, ticket.lane, owner))
+
+    async def notify_backup(self, ticket: HandoffTicket, *, backup: str) -> None:
+        self.sent.append(Notification(TimerKind.BACKUP, ticket.id, ticket.lane, backup))
+
+    async def notify_supervisor(self, ticket: HandoffTicket, *, supervisor: str) -> None:
+        self.sent.append(Notification(TimerKind.SUPERVISOR, ticket.id, ticket.lane,
+                                      supervisor))
+
+    async def callback_due_soon(self, ticket: HandoffTicket, *, owner: str,
+                                due: datetime) -> None:
+        self.sent.append(Notification(TimerKind.CALLBACK_DUE_SOON, ticket.id, ticket.lane,
+                                      owner))
+
+
+def callback_due(ticket: HandoffTicket) -> datetime | None:
+    """The callback deadline promised to the patient, if the note has one."""
+    try:
+        due = datetime.fromisoformat(ticket.note.callback_due)
+    except ValueError:
+        return None
+    return due if due.tzinfo is not None else None
+
+
+class EscalationPolicy:
+    """When each timer of a ticket is due: pure functions of (config, coverage, ticket,
+    time). Shared by the pipeline (new tickets), the desk (moved tickets) and the sweeper."""
+
+    def __init__(self, config: Config, coverage: Coverage | None = None) -> None:
+        self._config = config
+        self._coverage = coverage or Coverage.from_config(config)
+
+    def ack_sla(self, ticket: HandoffTicket) -> timedelta:
+        queue = self._config.queues.get(ticket.lane)
+        minutes = queue.ack_sla_minutes if queue else self._config.queues["front_desk"] \
+            .ack_sla_minutes
+        if ticket.priority is Priority.EMERGENCY:
+            minutes = min(minutes, self._config.escalation.emergency_ack_minutes)
+        return timedelta(minutes=minutes)
+
+    def staffed(self, ticket: HandoffTicket, at: datetime) -> datetime:
+        """`at`, or when the lane next opens if nobody staffs it at `at` (lanes waiting for
+        the next business day). Emergencies and on-call lanes escalate at any hour."""
+        queue = self._config.queues.get(ticket.lane)
+        if (not self._config.escalation.staffed_hours_only or queue is None
+                or ticket.priority is Priority.EMERGENCY
+                or (queue.after_hours == "on_call" and queue.on_call_owner)):
+            return at
+        try:
+            return self._coverage.next_open(queue.hours, at).astimezone(UTC)
+        except ValueError:  # a schedule that never opens: do not wait forever
+            return at
+
+    def first_timers(self, ticket: HandoffTicket, now: datetime) -> list[TicketTimer]:
+        """The timers of a ticket that has just been queued (created, or moved to a lane):
+        the first unclaimed step and the callback alert, in the ticket's current round."""
+        timers = [TicketTimer(ticket.id, TimerKind.RENOTIFY,
+                              self.staffed(ticket, now + self.ack_sla(ticket)),
+                              ticket.escalation_round)]
+        alert = self.callback_alert(ticket, now)
+        if alert is not None:
+            timers.append(alert)
+        return timers
+
+    def next_timer(self, ticket: HandoffTicket, fired: TicketTimer) -> TicketTimer | None:
+        """The unclaimed step after `fired`, one SLA period after it was due."""
+        following = {TimerKind.RENOTIFY: TimerKind.BACKUP,
+                     TimerKind.BACKUP: TimerKind.SUPERVISOR}.get(fired.kind)
+        if following is None:
+            return None
+        return TicketTimer(ticket.id, following,
+                           self.staffed(ticket, fired.due + self.ack_sla(ticket)),
+                           ticket.escalation_round)
+
+    def callback_alert(self, ticket: HandoffTicket, now: datetime) -> TicketTimer | None:
+        due = callback_due(ticket)
+        if due is None:
+            return None
+        settings = self._config.escalation
+        alert = now + max(due - now, timedelta(0)) * settings.callback_alert_share
+        if settings.callback_alert_lead_minutes:
+            alert = min(alert, due - timedelta(minutes=settings.callback_alert_lead_minutes))
+        alert = self.staffed(ticket, max(alert, now))
+        return TicketTimer(ticket.id, TimerKind.CALLBACK_DUE_SOON, alert,
+                           ticket.escalation_round)
+
+    @staticmethod
+    def unclaimed_timer_ids(ticket: HandoffTicket) -> list[str]:
+        """What a claim cancels."""
+        return [timer_id(ticket.id, kind, ticket.escalation_round) for kind in UNCLAIMED_KINDS]
+
+    @staticmethod
+    def all_timer_ids(ticket: HandoffTicket) -> list[str]:
+        """What resolving (or re-queueing) a ticket cancels."""
+        return [timer_id(ticket.id, kind, ticket.escalation_round) for kind in TimerKind]
+
+
+def applies(ticket: HandoffTicket, timer: TicketTimer) -> bool:
+    """Whether a due timer still means something: the ticket is not resolved, the timer is
+    of its current round, and (unclaimed steps) it is still unclaimed and not past that step,
+    or (callback) the owner was not warned yet."""
+    if ticket.status is TicketStatus.RESOLVED or timer.round != ticket.escalation_round:
+        return False
+    if timer.kind is TimerKind.CALLBACK_DUE_SOON:
+        return not ticket.callback_alerted
+    return ticket.status is TicketStatus.OPEN and ticket.escalation_stage < timer.kind.stage
+
+
+class EscalationSweeper:
+    """Fires due timers. Run by every worker (bot/worker.py); safe to run in many places."""
+
+    def __init__(self, config: Config, store: Store, audit: AuditLog, *,
+                 notifier: EscalationNotifier | None = None,
+                 clock: Callable[[], datetime] = utcnow,
+                 policy: EscalationPolicy | None = None) -> None:
+        self._config = config
+        self._store = store
+        self._audit = audit
+        self._clock = clock
+        self._policy = policy or EscalationPolicy(config)
+        # Public so that the Slack layer can plug its notifier into a built runtime.
+        self.notifier: EscalationNotifier = notifier or RecordingNotifier()
+
+    async def sweep(self, *, limit: int = 100) -> int:
+        """Fire the timers due now; returns how many steps were fired. A timer whose
+        notification fails stays leased and is fired again after its lease."""
+        now = self._clock()
+        due = await self._store.claim_timers(
+            now=now, limit=limit, lease_seconds=self._config.escalation.timer_lease_seconds)
+        fired = 0
+        for timer in due:
+            try:
+                fired += await self._fire(timer, now)
+            except Exception as err:
+                log.error("escalation step failed; retried after its lease", timer=timer.id,
+                          kind=timer.kind.value, error_type=type(err).__name__)
+        return fired
+
+    def _target(self, ticket: HandoffTicket, kind: TimerKind) -> str:
+        """Who is told (a staff role from queues.yml, or the owning agent's staff id)."""
+        queue = self._config.queues.get(ticket.lane)
+        escalation = ticket.note.escalation
+        if kind is TimerKind.BACKUP:
+            return (queue.backup_owner if queue else None) or \
+                (escalation[0] if escalation else "")
+        if kind is TimerKind.SUPERVISOR:
+            return (queue.supervisor if queue else None) or \
+                (escalation[-1] if escalation else "")
+        if kind is TimerKind.CALLBACK_DUE_SOON and ticket.claimed_by:
+            return ticket.claimed_by
+        return ticket.note.owner or (queue.owner if queue else None) or ""
+
+    async def _notify(self, ticket: HandoffTicket, kind: TimerKind, target: str) -> None:
+        match kind:
+            case TimerKind.RENOTIFY:
+                await self.notifier.renotify(ticket, owner=target)
+            case TimerKind.BACKUP:
+                await self.notifier.notify_backup(ticket, backup=target)
+            case TimerKind.SUPERVISOR:
+                await self.notifier.notify_supervisor(ticket, supervisor=target)
+            case TimerKind.CALLBACK_DUE_SOON:
+                await self.notifier.callback_due_soon(
+                    ticket, owner=target, due=callback_due(ticket) or self._clock())
+
+    async def _fire(self, timer: TicketTimer, now: datetime) -> int:
+        ticket = await self._store.get_ticket(timer.ticket_id)
+        if ticket is None or not applies(ticket, timer):
+            await self._store.complete_timer(timer.id)  # claimed, resolved, moved or gone
+            return 0
+        target = self._target(ticket, timer.kind)
+        await self._notify(ticket, timer.kind, target)
+        action = f"escalation.{timer.kind.value}"
+        for _ in range(MAX_ATTEMPTS):
+            # Recorded even if the ticket changed since (the notification went out); the
+            # next step is scheduled only while the step still applies.
+            follow_up = []
+            if applies(ticket, timer):
+                if timer.kind is TimerKind.CALLBACK_DUE_SOON:
+                    ticket.callback_alerted = True
+                else:
+                    ticket.escalation_stage = timer.kind.stage
+                    following = self._policy.next_timer(ticket, timer)
+                    follow_up = [following] if following else []
+            ticket.history.append(TicketEvent(action, SYSTEM, now, target))
+            ticket.updated_at = now
+            if await self._store.update_ticket(ticket, timers=follow_up,
+                                               cancel_timers=[timer.id]):
+                break
+            ticket = await self._store.get_ticket(timer.ticket_id)
+            if ticket is None:
+                await self._store.complete_timer(timer.id)
+                return 1
+        else:
+            raise RuntimeError("ticket kept changing; escalation step not recorded")
+        await self._audit.record(AuditEvent(action, SYSTEM, ticket.conversation_id,
+                                            f"{ticket.id}:{timer.kind.value}"))
+        log.info("escalation step fired", ticket=ticket.id, lane=ticket.lane,
+                 kind=timer.kind.value, stage=ticket.escalation_stage)
+        return 1
