@@ -13,7 +13,7 @@ import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 import structlog
@@ -32,6 +32,9 @@ from handoff.tickets import HandoffNote, HandoffTicket
 
 log = structlog.get_logger("patientbot.pipeline")
 
+REPLY_WINDOW = timedelta(hours=1)  # the reply cap counts replies per conversation per hour
+REPLY_WINDOW_SLOT = "pipeline.reply_window"
+REPLY_COUNT_SLOT = "pipeline.replies"
 CRITICAL_SECTION_SHARE = 0.8  # of the lock TTL, for everything under the lock
 DECISION_SHARE = 0.5  # of the lock TTL, for the decision step
 
@@ -124,7 +127,7 @@ class Pipeline:
                 bound.error("decision step failed; handing off", error_type=type(err).__name__)
                 decision = error_decision(self._config, inbound, session)
             if decision.replies:
-                decision = await self._reply_cap(inbound, session, decision)
+                decision = self._reply_cap(inbound, session, decision, now)
             turn = self._build_turn(inbound, session, decision, now)
             # Audited before the write: an entry whose commit then fails is retried, so the
             # log may show an attempt twice, never a write it does not show.
@@ -134,13 +137,21 @@ class Pipeline:
         self._record(inbound, decision, turn, bound)
         return Result(Outcome.PROCESSED, tuple(turn.outbox), decision.code)
 
-    async def _reply_cap(self, inbound: Inbound, session: Session,
-                         decision: Decision) -> Decision:
+    def _reply_cap(self, inbound: Inbound, session: Session, decision: Decision,
+                   now: datetime) -> Decision:
         """The loop breaker: past the hourly reply cap a conversation gets no more replies
         (an auto-responder answering the bot would otherwise ping-pong forever). The first
-        time, a person is asked to look; messages are still recorded and handed on."""
+        time, a person is asked to look; messages are still recorded and handed on.
+
+        The count lives in the session, which this turn saves anyway: no extra round trip.
+        """
         cap = self._config.channels.limits.replies_per_conversation_per_hour
-        count = await self._store.count_hit("replies", session.conversation_id, window=3600)
+        started = session.slots.get(REPLY_WINDOW_SLOT)
+        count = int(session.slots.get(REPLY_COUNT_SLOT) or 0) + 1
+        if not started or now - datetime.fromisoformat(started) > REPLY_WINDOW:
+            started, count = now.isoformat(), 1
+        session.slots[REPLY_WINDOW_SLOT] = started
+        session.slots[REPLY_COUNT_SLOT] = str(count)
         if count <= cap:
             return decision
         metrics.REPLIES_SUPPRESSED.labels(channel=inbound.channel).inc()
