@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bot.config import Config, load_config
+from bot.review_commands import add_review_command
 
 PARSE_BATCH = 1000  # lines classified together (vectorised); output order is kept
 
@@ -112,3 +113,4 @@ def add_nlu_commands(commands: Any,
         "check", help="training-data lint: duplicates, thin intents, examples CV puts elsewhere"))
     check.add_argument("--folds", type=int, default=5)
     check.set_defaults(handler=cmd_nlu_check)
+    add_review_command(nlu_commands, with_config)

@@ -13,6 +13,8 @@ from bot.session import Session
 from handoff.tickets import HandoffNote
 from nlu.base import ParseResult
 
+REQUEST_PREFIX = "Request: "
+LATEST_SEPARATOR = " | Latest: "
 # Display values scripts show the patient; the note keeps what the patient gave.
 DISPLAY_FIELDS = frozenset({"options", "visit_type_name", "location_name", "address",
                             "preparation", "next_steps", "answer"})
@@ -55,7 +57,8 @@ def build_note(*, inbound: Inbound, session: Session, parse: ParseResult, route:
     comes later in the conversation: the note quotes it and the latest message."""
     summary = inbound.text
     if request and request != inbound.text:
-        summary = f"Request: {request[:NOTE_SUMMARY_CHARS // 2]} | Latest: {inbound.text}"
+        summary = f"{REQUEST_PREFIX}{request[:NOTE_SUMMARY_CHARS // 2]}{LATEST_SEPARATOR}" \
+                  f"{inbound.text}"
     return HandoffNote(
         contact_reason=contact_reason,
         checks_done=IDENTITY_CHECKS.get(identity, identity),
@@ -81,3 +84,10 @@ def build_note(*, inbound: Inbound, session: Session, parse: ParseResult, route:
         transcript_ref=session.transcript_ref,
         collected=collected_fields(collected or {}),
     )
+
+
+def summary_request(summary: str) -> str:
+    """The patient's request quoted by a note's summary (what its contact reason is about)."""
+    if summary.startswith(REQUEST_PREFIX) and LATEST_SEPARATOR in summary:
+        return summary[len(REQUEST_PREFIX):summary.index(LATEST_SEPARATOR)]
+    return summary
