@@ -1,4 +1,5 @@
-"""A live server: our real ASGI app under uvicorn on a free port, with one worker."""
+"""Integration fixtures: a live server (our real ASGI app under uvicorn, one worker), and a
+runtime on a driven clock (`rt`) for the agent desk and escalation tests."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bot.config import load_config
+from bot.config import Config, load_config
 from bot.decision import FrontDeskHandoff
 from bot.runtime import Runtime
 from bot.settings import Settings
 from tests.conftest import serve_app
+from tests.support.doubles import START, Clock
 
 
 @dataclass
@@ -58,3 +60,15 @@ def canary_patient(config_dir: Path) -> None:
     with (config_dir / "patients.yml").open("a") as patients:
         patients.write('  - id: P9001\n    name: Zebedee Quillfeather\n    dob: 1971-05-09\n'
                        '    phone: "+16175550199"\n    email: zebedee.quill@example.org\n')
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(START)
+
+
+@pytest.fixture
+async def rt(config: Config, settings: Settings, clock: Clock) -> AsyncIterator[Runtime]:
+    runtime = Runtime.build(config, settings, decision_step=FrontDeskHandoff, clock=clock)
+    yield runtime
+    await runtime.close()

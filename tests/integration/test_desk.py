@@ -7,20 +7,17 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
+from datetime import timedelta
 
 import pytest
 import redis.asyncio as redis
 
 from bot.audit import AuditChain, AuditLog, RedisAuditLog
 from bot.config import Config
-from bot.decision import FrontDeskHandoff
-from bot.envelopes import Inbound, Outbound
+from bot.envelopes import Inbound
 from bot.logs import configure_logging
 from bot.runtime import Runtime
 from bot.session import Direction, SessionState
-from bot.settings import Settings
 from bot.store import Store, Turn
 from bot.store.redis import RedisStore
 from handoff.desk import RELABEL_QUEUE, AgentDesk, DeskError
@@ -28,46 +25,7 @@ from handoff.tickets import HandoffTicket, Priority, TicketStatus, TimerKind, ti
 from tests.conftest import redis_url
 from tests.integration.test_phi_at_rest import dump_everything
 from tests.integration.test_pipeline import mailbox, portal_message
-
-# A Tuesday morning: every lane in config/coverage.yml is open.
-START = datetime(2025, 3, 11, 10, 0, tzinfo=ZoneInfo("America/New_York")).astimezone(UTC)
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> datetime:
-        self.now += timedelta(**delta)
-        return self.now
-
-
-class RecordingSms:
-    """The SMS provider edge: what would have been sent."""
-
-    name = "sms"
-
-    def __init__(self) -> None:
-        self.sent: list[Outbound] = []
-
-    async def send(self, message: Outbound) -> str | None:
-        self.sent.append(message)
-        return f"SM{len(self.sent)}"
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(START)
-
-
-@pytest.fixture
-async def rt(config: Config, settings: Settings, clock: Clock) -> AsyncIterator[Runtime]:
-    runtime = Runtime.build(config, settings, decision_step=FrontDeskHandoff, clock=clock)
-    yield runtime
-    await runtime.close()
+from tests.support.doubles import START, Clock, RecordingSms
 
 
 async def patient_writes(runtime: Runtime, inbound: Inbound) -> None:

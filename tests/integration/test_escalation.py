@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -21,21 +20,10 @@ from bot.store.redis import RedisStore
 from handoff.escalation import EscalationPolicy, EscalationSweeper, Notification, RecordingNotifier
 from handoff.tickets import HandoffNote, HandoffTicket, Priority, TicketStatus, TimerKind
 from tests.conftest import redis_url, run_workers_until
-from tests.integration.test_desk import START, Clock, hand_off, session_of
+from tests.integration.test_desk import hand_off, session_of
+from tests.support.doubles import START, Clock
 
 NEW_YORK = ZoneInfo("America/New_York")
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(START)
-
-
-@pytest.fixture
-async def rt(config: Config, settings: Settings, clock: Clock) -> AsyncIterator[Runtime]:
-    runtime = Runtime.build(config, settings, decision_step=FrontDeskHandoff, clock=clock)
-    yield runtime
-    await runtime.close()
 
 
 def sent(runtime: Runtime) -> list[tuple[TimerKind, str]]:

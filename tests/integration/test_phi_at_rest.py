@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis
 
-from bot.envelopes import Inbound, Outbound
+from bot.envelopes import Inbound
 from bot.logs import configure_logging
 from tests.conftest import redis_url
+from tests.support.doubles import RecordingSms
 
 CANARY_NAME = "Zebedee Quillfeather"
 CANARY_DOB = "1971-05-09"
@@ -22,19 +23,6 @@ CANARY_EMAIL = "zebedee.quill@example.org"
 CANARY_TEXT = "CANARY-MSG-5521 please call me back"
 NEEDLES = ["zebedee", "quillfeather", "6175550199", "5550199", CANARY_DOB, "05/09/1971",
            "canary-msg-5521", "please call me back", "quill@example"]
-
-
-class RecordingSmsAdapter:
-    """Stands in for the SMS provider edge (the SMS channel arrives with its own issue)."""
-
-    name = "sms"
-
-    def __init__(self) -> None:
-        self.sent: list[Outbound] = []
-
-    async def send(self, message: Outbound) -> str | None:
-        self.sent.append(message)
-        return f"SM{len(self.sent)}"
 
 
 async def dump_everything(client: redis.Redis) -> list[tuple[str, str]]:
@@ -68,7 +56,7 @@ async def test_no_phi_in_redis_keys_values_or_logs(config_dir: Path, live, backe
                                                    capsys) -> None:
     configure_logging(production=True)
     runtime = live.runtime
-    sms = RecordingSmsAdapter()
+    sms = RecordingSms()
     runtime.channels.register(sms)
 
     # A failed sign-in (counters keyed by name) and a successful one with the canary patient.

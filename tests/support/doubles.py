@@ -1,0 +1,38 @@
+"""Small stand-ins shared by tests: a driven clock and a recording SMS edge."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from bot.envelopes import Outbound
+
+# A Tuesday morning: every lane in config/coverage.yml is open.
+START = datetime(2025, 3, 11, 10, 0, tzinfo=ZoneInfo("America/New_York")).astimezone(UTC)
+
+
+class Clock:
+    """A clock the test moves (`Runtime.build(clock=...)`)."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+class RecordingSms:
+    """The SMS provider edge: records what would have been sent."""
+
+    name = "sms"
+
+    def __init__(self) -> None:
+        self.sent: list[Outbound] = []
+
+    async def send(self, message: Outbound) -> str | None:
+        self.sent.append(message)
+        return f"SM{len(self.sent)}"
