@@ -1,4 +1,4 @@
-"""The one ASGI app: health, metrics, portal chat (and, later, webhooks and the agent desk)."""
+"""The one ASGI app: health, metrics, portal chat, provider webhooks, Slack and the agent desk."""
 
 from __future__ import annotations
 
@@ -113,6 +113,8 @@ def create_app(runtime: Runtime, *, workers: int | None = None) -> Starlette:
         runtime.start_workers(count)
         for channel in runtime.patient_channels:
             await channel.start()
+        if runtime.slack is not None:
+            await runtime.slack.start()  # Socket Mode connects here
         try:
             yield
         finally:
@@ -131,6 +133,7 @@ def create_app(runtime: Runtime, *, workers: int | None = None) -> Starlette:
         Route("/metrics", metrics_endpoint),
         *portal.routes(),
         *(route for channel in runtime.patient_channels for route in channel.routes()),
+        *(runtime.slack.routes() if runtime.slack is not None else ()),
     ]
     return Starlette(routes=routes, lifespan=lifespan,
                      middleware=[Middleware(SecurityHeaders), Middleware(RequestDeadline)],

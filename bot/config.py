@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
 )
 
+from bot.agent_config import AgentsFile
 from bot.channel_config import ChannelsFile
 from bot.engine_config import (
     CallbackWindowText,
@@ -312,6 +313,7 @@ class Config(_Model):
     knowledge: KnowledgeFile
     scripts: dict[str, Script] = {}
     channels: ChannelsFile = ChannelsFile()
+    agents: AgentsFile = AgentsFile()
     escalation: EscalationConfig = EscalationConfig()
 
     @property
@@ -354,6 +356,7 @@ _FILES: dict[str, tuple[type[_Model], bool]] = {
     "scheduling.yml": (SchedulingFile, True),
     "knowledge.yml": (KnowledgeFile, True),
     "channels.yml": (ChannelsFile, False),
+    "agents.yml": (AgentsFile, False),
 }
 SCRIPTS_DIR = "scripts"
 
@@ -454,7 +457,8 @@ def load_config(directory: Path | str | None = None) -> Config:
                   safety=loaded["safety.yml"], coverage=loaded["coverage.yml"],
                   policy=loaded["policy.yml"], scheduling=loaded["scheduling.yml"],
                   knowledge=loaded["knowledge.yml"], scripts=scripts,
-                  channels=loaded["channels.yml"], escalation=loaded["queues.yml"].escalation)
+                  channels=loaded["channels.yml"], agents=loaded["agents.yml"],
+                  escalation=loaded["queues.yml"].escalation)
 
 
 def _load_scripts(root: Path) -> dict[str, Script]:
@@ -467,6 +471,35 @@ def _load_scripts(root: Path) -> dict[str, Script]:
             raise ConfigError(name, "id", f"script id {script.id!r} must match the file name")
         scripts[script.id] = script
     return scripts
+
+
+def _check_agent_references(queues: dict[str, QueueConfig], agents: AgentsFile) -> None:
+    """Slack channels and desk accounts name lanes and staff roles from queues.yml."""
+    slack = agents.slack
+    for lane in slack.lane_channels:
+        if lane not in queues:
+            raise ConfigError("agents.yml", f"slack.lane_channels.{lane}",
+                              f"unknown queue {lane!r} (not in queues.yml)")
+    roles = {role for queue in queues.values()
+             for role in (queue.owner, queue.backup_owner, queue.supervisor,
+                          queue.on_call_owner) if role}
+    for field_name in ("staff", "staff_channels"):
+        for role in getattr(slack, field_name):
+            if role not in roles:
+                raise ConfigError("agents.yml", f"slack.{field_name}.{role}",
+                                  f"unknown staff role {role!r} (queues.yml names: "
+                                  f"{', '.join(sorted(roles))})")
+    if slack.enabled:
+        unmapped = [lane for lane in queues if not slack.channel_for(lane)]
+        if unmapped:
+            raise ConfigError("agents.yml", f"slack.lane_channels.{unmapped[0]}",
+                              "Slack is enabled: every lane needs a channel (or set "
+                              "default_channel)")
+    for index, account in enumerate(agents.desk.accounts):
+        for lane in account.lanes:
+            if lane not in queues:
+                raise ConfigError("agents.yml", f"desk.accounts.{index}.lanes",
+                                  f"unknown queue {lane!r} (not in queues.yml)")
 
 
 def _check_engine_references(queues: dict[str, QueueConfig],
@@ -488,6 +521,7 @@ def _check_engine_references(queues: dict[str, QueueConfig],
             if step.handoff and step.handoff.lane and step.handoff.lane not in queues:
                 raise ConfigError(f"{SCRIPTS_DIR}/{name}.yml", f"steps.{step.id}.handoff.lane",
                                   f"unknown queue {step.handoff.lane!r}")
+    _check_agent_references(queues, loaded["agents.yml"])
     upset = loaded["policy.yml"].upset
     for language in ("en", "es"):
         try:

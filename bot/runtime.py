@@ -10,6 +10,7 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import redis.asyncio as redis
 import structlog
@@ -28,12 +29,16 @@ from bot.settings import Settings
 from bot.store import Store
 from bot.store.memory import MemoryStore
 from bot.store.redis import RedisStore
-from bot.worker import Worker
+from bot.worker import Sweeper, Worker
 from channels.base import ChannelRegistry, PatientChannel
 from channels.intake import Intake
 from channels.portal import PortalAdapter
 from handoff.desk import AgentDesk
 from handoff.escalation import EscalationSweeper
+
+if TYPE_CHECKING:
+    from handoff.slack import SlackAgents
+    from handoff.web_desk import WebDesk
 
 log = structlog.get_logger("patientbot.runtime")
 
@@ -102,6 +107,9 @@ class Runtime:
     # `escalations.notifier` to deliver escalation notices (the default only records).
     desk: AgentDesk | None = None
     escalations: EscalationSweeper | None = None
+    # Agent interfaces (agents.yml): Slack (optional) and the web agent desk at /agent/.
+    slack: SlackAgents | None = None
+    web_desk: WebDesk | None = None
     _redis: redis.Redis | None = None
     _worker_tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -154,6 +162,15 @@ class Runtime:
             step: DecisionStep = Engine.build(config, store=store, keys=keys)
         else:
             step = decision_step(config)
+        desk = AgentDesk(config, store, audit, dispatcher=dispatcher, clock=clock)
+        escalations = EscalationSweeper(config, store, audit, clock=clock)
+        slack = None
+        if config.agents.slack.enabled:
+            from handoff.slack import SlackAgents
+
+            slack = SlackAgents(config, desk=desk, store=store, audit=audit,
+                                secrets=settings.secrets, clock=clock)
+            escalations.notifier = slack.notifier
         return cls(
             config=config,
             settings=settings,
@@ -168,8 +185,9 @@ class Runtime:
             decision_step=step,
             intake=intake,
             patient_channels=patient_channels,
-            desk=AgentDesk(config, store, audit, dispatcher=dispatcher, clock=clock),
-            escalations=EscalationSweeper(config, store, audit, clock=clock),
+            desk=desk,
+            escalations=escalations,
+            slack=slack,
             _redis=client,
         )
 
@@ -179,7 +197,12 @@ class Runtime:
         return Worker(ingress=self.ingress, pipeline=self.pipeline, dispatcher=self.dispatcher,
                       name=name, concurrency=workers.concurrency,
                       reclaim_idle=reclaim_idle or workers.reclaim_idle_seconds,
-                      max_deliveries=workers.max_deliveries, escalations=self.escalations)
+                      max_deliveries=workers.max_deliveries, sweepers=self.sweepers)
+
+    @property
+    def sweepers(self) -> list[Sweeper]:
+        """The periodic work each worker runs besides messages and the outbox."""
+        return [sweeper for sweeper in (self.escalations, self.slack) if sweeper is not None]
 
     def start_workers(self, count: int) -> None:
         for _ in range(count):
@@ -197,5 +220,7 @@ class Runtime:
         # listener accepts meanwhile is already durably queued.
         for channel in self.patient_channels:
             await channel.stop()  # idempotent: listeners and provider clients
+        if self.slack is not None:
+            await self.slack.stop()
         if self._redis is not None:
             await self._redis.aclose()

@@ -19,7 +19,9 @@ from bot.errors import SecretsError
 
 # Provider secrets the channels read from the environment (never from config/).
 CHANNEL_SECRETS = ("TWILIO_AUTH_TOKEN", "TELEGRAM_BOT_TOKEN", "TELEGRAM_WEBHOOK_SECRET",
-                   "SMTP_PASSWORD", "IMAP_PASSWORD")
+                   "SMTP_PASSWORD", "IMAP_PASSWORD", "SLACK_SIGNING_SECRET", "SLACK_BOT_TOKEN",
+                   "SLACK_APP_TOKEN")
+DEMO_DESK_PASSWORD = "riverside-desk-demo"  # the sample account's, in config/agents.yml
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ def load_settings(config: Config, env: dict[str, str] | None = None) -> Settings
         if keys.generated_dev_keys:
             raise SecretsError("environment is production but PATIENTBOT_DATA_KEYS is not set "
                                "(generated development keys are refused)")
+        _refuse_demo_accounts(config)
     secrets = {name: env[name] for name in CHANNEL_SECRETS if env.get(name)}
     _check_channel_secrets(config, secrets)
     return Settings(redis_url=redis_url,
@@ -73,6 +76,30 @@ def _check_channel_secrets(config: Config, secrets: Mapping[str, str]) -> None:
         needed.append(("TELEGRAM_BOT_TOKEN", "channels.yml telegram is enabled"))
         if channels.telegram.mode == "webhook":
             needed.append(("TELEGRAM_WEBHOOK_SECRET", "telegram webhook mode needs a secret"))
+    slack = config.agents.slack
+    if slack.enabled:
+        needed.append(("SLACK_BOT_TOKEN", "agents.yml slack is enabled"))
+        if slack.mode == "http":
+            needed.append(("SLACK_SIGNING_SECRET", "Slack HTTP mode verifies every request"))
+        else:
+            needed.append(("SLACK_APP_TOKEN", "Slack Socket Mode needs an app-level token"))
     for name, why in needed:
         if name not in secrets:
             raise SecretsError(f"{name} is not set ({why})")
+
+
+def _refuse_demo_accounts(config: Config) -> None:
+    """The sample desk account's password is published: never in production."""
+    from argon2 import PasswordHasher
+    from argon2.exceptions import InvalidHashError, VerificationError
+
+    hasher = PasswordHasher()
+    for account in config.agents.desk.accounts:
+        if not account.password_hash:
+            continue
+        try:
+            hasher.verify(account.password_hash, DEMO_DESK_PASSWORD)
+        except (VerificationError, InvalidHashError):
+            continue
+        raise SecretsError(f"agents.yml desk account {account.id!r} still has the published "
+                           "demo password: set a new hash (patientbot desk hash-password)")

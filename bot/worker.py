@@ -1,5 +1,5 @@
 """Workers: read the ingress queue, run the pipeline, acknowledge, reclaim, sweep the outbox
-and fire due escalation timers.
+and run the periodic sweepers (escalation timers, keeping Slack notes up to date).
 
 Messages are processed concurrently (up to `concurrency`), except that messages of one
 conversation run one after another in arrival order; across processes, the pipeline's
@@ -14,7 +14,8 @@ import contextlib
 import os
 import socket
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
 import structlog
 
@@ -24,8 +25,12 @@ from bot.ingress import Ingress, IngressEntry
 from bot.outbox import OutboxDispatcher
 from bot.pipeline import Outcome, Pipeline, PoisonEntry
 
-if TYPE_CHECKING:
-    from handoff.escalation import EscalationSweeper
+
+class Sweeper(Protocol):
+    """Periodic work every worker runs (each implementation makes itself safe to run in many
+    processes at once): `handoff.escalation.EscalationSweeper`, `handoff.slack.SlackAgents`."""
+
+    async def sweep(self) -> int: ...
 
 log = structlog.get_logger("patientbot.worker")
 
@@ -47,9 +52,9 @@ class Worker:
     def __init__(self, *, ingress: Ingress, pipeline: Pipeline, dispatcher: OutboxDispatcher,
                  name: str | None = None, concurrency: int = 32,
                  reclaim_idle: float = 30.0, max_deliveries: int = 5,
-                 escalations: EscalationSweeper | None = None) -> None:
+                 sweepers: Sequence[Sweeper] = ()) -> None:
         self.name = name or consumer_name()
-        self._escalations = escalations
+        self._sweepers = tuple(sweepers)
         self._ingress = ingress
         self._queue = ingress.queue
         self._pipeline = pipeline
@@ -169,7 +174,8 @@ class Worker:
 
     async def _maintenance(self, stop: asyncio.Event) -> None:
         """Reclaim dead workers' entries, resend replies whose lease ran out, and fire due
-        escalation timers (each is leased to one sweeper, so workers never fire one twice)."""
+        escalation timers (each is leased to one sweeper, so workers never fire one twice) and
+        run the other sweepers."""
         while not stop.is_set():
             try:
                 async with asyncio.timeout(MAINTENANCE_DEADLINE):
@@ -184,12 +190,12 @@ class Worker:
                     metrics.INGRESS_DEAD.set(await self._queue.dead_letters())
             except Exception as err:
                 log.error("maintenance failed", worker=self.name, error_type=type(err).__name__)
-            if self._escalations is not None:
+            for sweeper in self._sweepers:  # one failing sweeper does not stop the others
                 try:
                     async with asyncio.timeout(MAINTENANCE_DEADLINE):
-                        await self._escalations.sweep()
+                        await sweeper.sweep()
                 except Exception as err:
-                    log.error("escalation sweep failed", worker=self.name,
+                    log.error("sweep failed", worker=self.name, sweeper=type(sweeper).__name__,
                               error_type=type(err).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), MAINTENANCE_INTERVAL)

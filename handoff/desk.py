@@ -75,6 +75,11 @@ class ClaimResult:
         return self.code in ("claimed", "already_yours")
 
 
+def desk_url(config: Config, ticket_id: str) -> str:
+    """The ticket in the web agent desk: where minimum-necessary Slack notes link to."""
+    return f"{config.app.public_base_url.rstrip('/')}/agent/tickets/{ticket_id}"
+
+
 def _actor(agent: str) -> str:
     if not isinstance(agent, str) or not _AGENT_ID.match(agent):
         raise DeskError("invalid_agent")
