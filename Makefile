@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-rasa lint install bench bench-nlu bench-engine config-check clean
+.PHONY: run test test-rasa lint install bench bench-nlu bench-engine bench-desk config-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench-nlu: $(STAMP)
 # Options go in BENCH_ARGS, e.g. `make bench-engine BENCH_ARGS=--json`.
 bench-engine: $(STAMP)
 	scripts/with-redis.sh $(BIN)/python benchmarks/engine_bench.py $(BENCH_ARGS)
+
+# Agent desk on Redis: claim race between agents, owner replies, escalation sweeps.
+bench-desk: $(STAMP)
+	scripts/with-redis.sh $(BIN)/python benchmarks/desk_bench.py $(BENCH_ARGS)
 
 config-check: $(STAMP)
 	$(BIN)/patientbot config check
