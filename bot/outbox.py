@@ -53,9 +53,10 @@ class OutboxDispatcher:
             metrics.SEND_FAILURES.labels(channel=message.channel).inc()
             if isinstance(err, ChannelSendError) and not err.retryable:
                 # Another try cannot succeed (the patient opted out, the address is invalid):
-                # close the entry so it is never sent, and say so in the audit log.
+                # close the entry so it is never sent, and say so in the audit log and its
+                # status (the agent desk shows staff that a reply did not arrive).
                 self._attempts.pop(message.id, None)
-                await self._store.mark_sent(message.id, provider_id=None)
+                await self._store.mark_undeliverable(message.id)
                 await self._audit.record(AuditEvent("reply.undeliverable", "bot",
                                                     message.conversation_id,
                                                     f"{message.channel}:{message.id}"))

@@ -122,11 +122,15 @@ class Store(Protocol):
     async def mark_sent(self, outbound_id: str, *, provider_id: str | None = None) -> None:
         """The entry reached the provider: never send it again."""
 
+    async def mark_undeliverable(self, outbound_id: str) -> None:
+        """The channel refused the entry for good (opted out, invalid address): never send
+        it again, and let staff see it did not arrive (status 'undeliverable')."""
+
     async def retry_outbox(self, outbound_id: str, *, delay: float) -> None:
         """A send failed: make the entry due again after `delay` seconds."""
 
     async def outbox_status(self, outbound_id: str) -> str | None:
-        """'pending', 'sent', or None if unknown."""
+        """'pending', 'sent', 'undeliverable', or None if unknown."""
 
     async def get_ticket(self, ticket_id: str) -> HandoffTicket | None: ...
 

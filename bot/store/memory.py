@@ -262,7 +262,11 @@ class MemoryStore:
 
     async def mark_sent(self, outbound_id: str, *, provider_id: str | None = None) -> None:
         if self._outbox.pop(outbound_id, None) is not None:
-            self._outbox_sent.set(outbound_id, provider_id or "", self._retention)
+            self._outbox_sent.set(outbound_id, "sent", self._retention)
+
+    async def mark_undeliverable(self, outbound_id: str) -> None:
+        if self._outbox.pop(outbound_id, None) is not None:
+            self._outbox_sent.set(outbound_id, "undeliverable", self._retention)
 
     async def retry_outbox(self, outbound_id: str, *, delay: float) -> None:
         if outbound_id in self._outbox:
@@ -272,7 +276,7 @@ class MemoryStore:
     async def outbox_status(self, outbound_id: str) -> str | None:
         if outbound_id in self._outbox:
             return "pending"
-        return None if self._outbox_sent.get(outbound_id) is None else "sent"
+        return self._outbox_sent.get(outbound_id)
 
     async def get_ticket(self, ticket_id: str) -> HandoffTicket | None:
         raw = self._tickets.get(ticket_id)

@@ -330,6 +330,12 @@ class RedisStore:
         pipe.zrem(self._k("oq"), outbound_id)
         await pipe.execute()
 
+    async def mark_undeliverable(self, outbound_id: str) -> None:
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hset(self._k("o", outbound_id), mapping={"status": "undeliverable"})
+        pipe.zrem(self._k("oq"), outbound_id)
+        await pipe.execute()
+
     async def retry_outbox(self, outbound_id: str, *, delay: float) -> None:
         await self._r.zadd(self._k("oq"), {outbound_id: time.time() + delay}, xx=True)
 

@@ -168,6 +168,17 @@ async def test_outbox_lease_claim_send_and_retry(store) -> None:
     assert await store.outbox_status("unknown") is None
 
 
+async def test_an_undeliverable_entry_is_closed_and_says_so(store) -> None:
+    session = make_session()
+    message = reply(session)
+    await store.commit(Turn(session=session, outbox=[message]), lease_seconds=0)
+    await store.mark_undeliverable(message.id)
+    assert await store.claim_outbox(limit=10, lease_seconds=5) == []  # never sent again
+    assert await store.outbox_status(message.id) == "undeliverable"
+    await store.commit(Turn(session=session, outbox=[message]), lease_seconds=0)
+    assert await store.outbox_status(message.id) == "undeliverable"  # not re-opened
+
+
 async def test_outbox_entry_is_not_duplicated_by_a_second_commit(store) -> None:
     session = make_session()
     message = reply(session)

@@ -329,7 +329,7 @@ async def test_stop_opts_out_confirms_once_and_later_replies_are_refused(live) -
     [entry] = [e for e in await live.runtime.audit.entries()
                if e.event.action == "reply.undeliverable"]
     outbound_id = entry.event.ref.split(":", 1)[1]
-    assert await live.runtime.store.outbox_status(outbound_id) == "sent"  # closed
+    assert await live.runtime.store.outbox_status(outbound_id) == "undeliverable"  # closed
     assert await live.runtime.store.claim_outbox(limit=10, lease_seconds=1) == []
     with pytest.raises(ChannelSendError) as refused:
         await live.channel.send(Outbound(conversation_id=live.conversation().id, channel="sms",
