@@ -134,6 +134,7 @@ def create_app(runtime: Runtime, *, workers: int | None = None) -> Starlette:
         *portal.routes(),
         *(route for channel in runtime.patient_channels for route in channel.routes()),
         *(runtime.slack.routes() if runtime.slack is not None else ()),
+        *(runtime.web_desk.routes() if runtime.web_desk is not None else ()),
     ]
     return Starlette(routes=routes, lifespan=lifespan,
                      middleware=[Middleware(SecurityHeaders), Middleware(RequestDeadline)],

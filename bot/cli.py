@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from bot.config import DEFAULT_CONFIG_DIR, Config, load_config
+from bot.desk_commands import add_desk_commands
 from bot.engine_commands import add_engine_commands
 from bot.errors import ConfigError, SecretsError
 from bot.logs import configure_logging
@@ -189,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_nlu_commands(commands, with_config)
     add_engine_commands(commands, with_config)
+    add_desk_commands(commands, with_config)
 
     keys = commands.add_parser("keys", help="key management")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)

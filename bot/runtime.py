@@ -171,6 +171,13 @@ class Runtime:
             slack = SlackAgents(config, desk=desk, store=store, audit=audit,
                                 secrets=settings.secrets, clock=clock)
             escalations.notifier = slack.notifier
+        web_desk = None
+        if config.agents.desk.enabled:
+            from handoff.desk_auth import desk_secret
+            from handoff.web_desk import WebDesk
+
+            web_desk = WebDesk(config, desk=desk, store=store, audit=audit,
+                               secret=desk_secret(keys), clock=clock)
         return cls(
             config=config,
             settings=settings,
@@ -188,6 +195,7 @@ class Runtime:
             desk=desk,
             escalations=escalations,
             slack=slack,
+            web_desk=web_desk,
             _redis=client,
         )
 
