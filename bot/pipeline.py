@@ -199,7 +199,7 @@ class Pipeline:
                                    channel=inbound.channel, lane=request.lane,
                                    reason=request.reason,
                                    note=_note_with_attachments(request.note, inbound),
-                                   priority=request.priority)
+                                   priority=request.priority, created_at=now, updated_at=now)
             turn.tickets.append(ticket)
             # Escalation timers go in the same atomic commit as their ticket.
             turn.timers.extend(self._escalation.first_timers(ticket, now))

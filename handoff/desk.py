@@ -19,6 +19,7 @@ Agents are named by staff ids (a Slack user id, a desk account): fine in history
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -137,6 +138,16 @@ class AgentDesk:
         await self._audit.record(AuditEvent("transcript.read", actor, ticket.conversation_id,
                                             ticket.id))
         return await self._store.transcript(ticket.conversation_id)
+
+    async def delivery(self, transcript: list[TranscriptEntry]) -> dict[str, str]:
+        """The outbox status (pending, sent, undeliverable) of each reply in `transcript`,
+        by message id (a reply's transcript id is its outbox entry's): so that staff see a
+        reply still being sent, or one the channel refused for good (an SMS opt-out)."""
+        replies = [entry.message_id for entry in transcript if entry.direction is Direction.OUT]
+        statuses = await asyncio.gather(*(self._store.outbox_status(message_id)
+                                          for message_id in replies))
+        return {message_id: status for message_id, status in zip(replies, statuses, strict=True)
+                if status}
 
     # --- claim -----------------------------------------------------------------------------
     async def claim(self, ticket_id: str, agent: str) -> ClaimResult:

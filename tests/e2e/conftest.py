@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,40 +79,37 @@ def _delete_prefix(url: str, prefix: str) -> None:
         client.close()
 
 
-@pytest.fixture(scope="session")
-def portal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortalServer]:
-    """The real app on a free port; its Redis keys are deleted when the session ends."""
+@contextmanager
+def running_server(workdir: Path, prefix_name: str, *, decision_step: str | None = None,
+                   ready_timeout: float = READY_TIMEOUT) -> Iterator[PortalServer]:
+    """`patientbot serve` on a free port with fresh keys, under its own Redis key prefix
+    (deleted afterwards), working in `workdir` (so .data/ never lands in the repo).
+    `decision_step`: module:factory (default: the real engine)."""
     url = redis_url()
-    workdir = tmp_path_factory.mktemp("portal-server")  # cwd: .data/ etc. never land in the repo
-    prefix = f"pbtest-e2e-{secrets.token_hex(6)}"
+    prefix = f"pbtest-{prefix_name}-{secrets.token_hex(6)}"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PATIENTBOT_")}
-    env.update({
-        "REDIS_URL": url,
-        "PATIENTBOT_REDIS_PREFIX": prefix,
-        **key_env(),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update({"REDIS_URL": url, "PATIENTBOT_REDIS_PREFIX": prefix, **key_env(),
+                "PYTHONUNBUFFERED": "1"})
     stdout_path, stderr_path = workdir / "server.stdout", workdir / "server.stderr"
     command = [str(PATIENTBOT), "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--config", str(CONFIG_DIR),
-               # Portal mechanics with the fixed front-desk step (its reply is predictable);
-               # The engine is tested in tests/integration/test_engine_pipeline.py.
-               "--decision-step", "bot.decision:FrontDeskHandoff"]
+               "--config", str(CONFIG_DIR)]
+    if decision_step:
+        command += ["--decision-step", decision_step]
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=out, stderr=err,
                                 stdin=subprocess.DEVNULL)
     server = PortalServer(base_url=f"http://127.0.0.1:{port}", redis_url=url,
                           redis_prefix=prefix)
     try:
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + ready_timeout
         while not _ready(server.url("/readyz")):
             if proc.poll() is not None:
                 pytest.fail(f"`patientbot serve` exited with code {proc.returncode} before it "
                             f"was ready.\nstderr:\n{_tail(stderr_path)}", pytrace=False)
             if time.monotonic() > deadline:
                 pytest.fail(f"`patientbot serve` was not ready ({server.url('/readyz')}) within "
-                            f"{READY_TIMEOUT:.0f} s.\nstderr:\n{_tail(stderr_path)}",
+                            f"{ready_timeout:.0f} s.\nstderr:\n{_tail(stderr_path)}",
                             pytrace=False)
             time.sleep(0.1)
         yield server
@@ -124,6 +122,15 @@ def portal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortalSe
                 proc.kill()
                 proc.wait(timeout=5)
         _delete_prefix(url, prefix)
+
+
+@pytest.fixture(scope="session")
+def portal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortalServer]:
+    """The real app for the portal tests. Portal mechanics with the fixed front-desk step
+    (its reply is predictable); the engine is tested in test_engine_pipeline.py."""
+    with running_server(tmp_path_factory.mktemp("portal-server"), "e2e",
+                        decision_step="bot.decision:FrontDeskHandoff") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from bot.envelopes import Outbound
+from channels.base import ChannelSendError
 
 # A Tuesday morning: every lane in config/coverage.yml is open.
 START = datetime(2025, 3, 11, 10, 0, tzinfo=ZoneInfo("America/New_York")).astimezone(UTC)
@@ -32,7 +33,10 @@ class RecordingSms:
 
     def __init__(self) -> None:
         self.sent: list[Outbound] = []
+        self.opted_out: set[str] = set()  # numbers the provider refuses for good (STOP)
 
     async def send(self, message: Outbound) -> str | None:
+        if message.recipient in self.opted_out:
+            raise ChannelSendError("recipient opted out", retryable=False)
         self.sent.append(message)
         return f"SM{len(self.sent)}"

@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.conftest import free_port
+from tests.support.local_server import LocalServer
 
 TOKEN = "123456789:AAF-test_token_for_patientbot-0123456"
 
@@ -53,8 +52,7 @@ class FakeTelegramAPI:
     _updates: list[dict[str, Any]] = field(default_factory=list)
     _new_updates: asyncio.Condition | None = None
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1001))
-    _server: uvicorn.Server | None = None
-    _task: asyncio.Task[None] | None = None
+    _http: LocalServer = field(default_factory=LocalServer)
 
     # test controls ----------------------------------------------------------------------
     def fail(self, method: str, status: int, description: str, *, retry_after: int | None = None,
@@ -82,28 +80,15 @@ class FakeTelegramAPI:
     # server -----------------------------------------------------------------------------
     async def start(self) -> FakeTelegramAPI:
         self._new_updates = asyncio.Condition()
-        port = free_port()
         app = Starlette(routes=[
             Route("/bot{token}/{method}", self._method, methods=["GET", "POST"]),
             Route("/file/bot{token}/{path:path}", self._file, methods=["GET"]),
         ])
-        # No access log: request paths carry the bot token.
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                                     log_config=None, access_log=False,
-                                                     lifespan="off",
-                                                     timeout_graceful_shutdown=1))
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.01)
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = await self._http.start(app)
         return self
 
     async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await self._task
+        await self._http.stop()
 
     # Bot API ----------------------------------------------------------------------------
     async def _params(self, request: Request) -> dict[str, Any]:

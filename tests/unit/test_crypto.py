@@ -102,6 +102,7 @@ def test_data_keys_require_the_other_secrets(tmp_path: Path) -> None:
 def production_config(config_dir: Path, tmp_path: Path, edit_config):
     edit_config("environment: development", "environment: production")
     edit_config("data_dir: .data", f"data_dir: {tmp_path / 'data'}")
+    (config_dir / "agents.yml").write_text("desk: {accounts: []}\n")  # no demo account
     return load_config(config_dir)
 
 
