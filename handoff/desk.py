@@ -76,6 +76,41 @@ class ClaimResult:
         return self.code in ("claimed", "already_yours")
 
 
+# What an agent is told when the desk refuses an action (`DeskError.code`), in Slack and in
+# the web desk alike. Codes only reach here: never patient data.
+REFUSALS = {
+    "not_found": "This ticket was not found (it may have expired).",
+    "invalid_agent": "Your account cannot act on tickets.",
+    "not_owner": "Another agent owns this ticket: only they can do that. Claim it first if "
+                 "it is unclaimed.",
+    "already_resolved": "This ticket is already closed.",
+    "invalid_outcome": "Choose one of the listed outcomes.",
+    "unknown_lane": "Choose a configured lane.",
+    "same_lane": "The ticket is already in that lane.",
+    "unknown_intent": "Choose a configured contact reason.",
+    "same_intent": "The ticket already has that contact reason.",
+    "empty_reply": "The reply is empty: nothing was sent.",
+    "reply_too_long": "The reply is too long for the patient's channel: shorten or split it.",
+    "conversation_gone": "The patient's conversation has expired: nothing was sent.",
+    "conversation_busy": "The conversation is busy right now. Please try again in a moment.",
+    "busy": "The ticket is busy right now. Please try again in a moment.",
+}
+
+
+def waiting_time(since: datetime, now: datetime) -> str:
+    """How long a ticket has waited, coarse enough to read at a glance."""
+    minutes = max(0, int((now - since).total_seconds() // 60))
+    if minutes < 1:
+        return "<1 min"
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
 def desk_url(config: Config, ticket_id: str) -> str:
     """The ticket in the web agent desk: where minimum-necessary Slack notes link to."""
     return f"{config.app.public_base_url.rstrip('/')}/agent/tickets/{ticket_id}"
