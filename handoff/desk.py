@@ -211,13 +211,17 @@ class AgentDesk:
         raise DeskError("busy")
 
     # --- reply -----------------------------------------------------------------------------
-    async def reply(self, ticket_id: str, agent: str, text: str, *, phi: bool = False) -> str:
+    async def reply(self, ticket_id: str, agent: str, text: str, *, phi: bool = False,
+                    message_id: str | None = None) -> str:
         """Relay the owner's reply to the patient on the patient's own channel (through the
         outbox), recorded in the transcript as ``agent:<id>``, audited (``agent.reply``),
         with the session's last acknowledgement time updated: one atomic write under the
         conversation lock. Only the owner may reply (others: ``not_owner``; claim first).
         `phi`: the reply discloses PHI, so channels that must not carry PHI send a portal
-        pointer instead. Returns the outbound message id."""
+        pointer instead. `message_id` makes the reply idempotent: an interface that may
+        deliver the same agent message twice (Slack retries an event) passes an id derived
+        from it, and a reply already recorded with that id is not sent again. Returns the
+        outbound message id."""
         actor = _actor(agent)
         if not text or not text.strip():
             raise DeskError("empty_reply")
@@ -225,10 +229,13 @@ class AgentDesk:
             raise DeskError("reply_too_long")
         ticket = await self.get(ticket_id)
         self._check_owner(ticket, agent, must_own=True)  # refuse early, without the lock
-        message_id = uuid.uuid4().hex
+        message_id = message_id or uuid.uuid4().hex
         async with self._conversation(ticket) as lease:
             for _ in range(MAX_ATTEMPTS):
                 ticket = await self.get(ticket_id)
+                if any(event.action == "reply" and event.detail == message_id
+                       for event in ticket.history):
+                    return message_id  # already committed (a retried delivery)
                 self._check_owner(ticket, agent, must_own=True)
                 session = await self._session(ticket)
                 if session is None:

@@ -170,6 +170,23 @@ async def test_a_reply_goes_out_on_sms_to_the_patients_number(rt: Runtime) -> No
         ("sms", "+16175550123", "We will call you at 2pm.")
 
 
+async def test_a_reply_delivered_twice_with_its_id_is_sent_once(rt: Runtime) -> None:
+    sms = RecordingSms()
+    rt.channels.register(sms)
+    await patient_writes(rt, Inbound(channel="sms", sender="+16175550123",
+                                     provider_message_id="SMin1", text="call me please"))
+    [ticket] = await rt.desk.open_tickets("front_desk")
+    await rt.desk.claim(ticket.id, "U7")
+    first = await rt.desk.reply(ticket.id, "U7", "We will call you at 2pm.",
+                                message_id="slack-Ev123")
+    again = await rt.desk.reply(ticket.id, "U7", "We will call you at 2pm.",
+                                message_id="slack-Ev123")  # the same event, retried
+    assert first == again == "slack-Ev123"
+    assert [m.text for m in sms.sent].count("We will call you at 2pm.") == 1
+    stored = await rt.store.get_ticket(ticket.id)
+    assert [e.detail for e in stored.history if e.action == "reply"] == ["slack-Ev123"]
+
+
 async def test_without_a_dispatcher_the_reply_waits_for_the_outbox_sweep(
         rt: Runtime, clock: Clock) -> None:
     desk = AgentDesk(rt.config, rt.store, rt.audit, clock=clock)
