@@ -48,8 +48,8 @@ OUTCOMES = ("resolved", "callback_done", "no_response", "duplicate", "referred")
 RETURNED_TO_BOT = "returned_to_bot"
 RELABEL_QUEUE = "relabel"  # the review queue `patientbot nlu review` reads
 MAX_ATTEMPTS = 50  # compare-and-set retries; each lost race means someone else's change won
-_AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-_TICKET_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+_TICKET_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class DeskError(PatientbotError):
@@ -111,13 +111,23 @@ def waiting_time(since: datetime, now: datetime) -> str:
     return f"{days} d {hours} h"
 
 
+def contact_reason(ticket: HandoffTicket) -> tuple[str, str | None]:
+    """(the contact reason, the agents' correction winning; the original one when agents
+    relabelled it to something else, else None)."""
+    original = ticket.note.contact_reason or "unclassified"
+    corrected = ticket.corrected_intent
+    if corrected and corrected != ticket.note.contact_reason:
+        return corrected, original
+    return original, None
+
+
 def desk_url(config: Config, ticket_id: str) -> str:
     """The ticket in the web agent desk: where minimum-necessary Slack notes link to."""
     return f"{config.app.public_base_url.rstrip('/')}/agent/tickets/{ticket_id}"
 
 
 def _actor(agent: str) -> str:
-    if not isinstance(agent, str) or not _AGENT_ID.match(agent):
+    if not isinstance(agent, str) or not _AGENT_ID.fullmatch(agent):
         raise DeskError("invalid_agent")
     return f"agent:{agent}"
 
@@ -150,7 +160,7 @@ class AgentDesk:
     async def get(self, ticket_id: str) -> HandoffTicket:
         """The ticket (raises `DeskError('not_found')`). Not audited: for the agent
         interfaces' own use; showing the note to a person is their audited view."""
-        if not isinstance(ticket_id, str) or not _TICKET_ID.match(ticket_id):
+        if not isinstance(ticket_id, str) or not _TICKET_ID.fullmatch(ticket_id):
             raise DeskError("not_found")
         ticket = await self._store.get_ticket(ticket_id)
         if ticket is None:

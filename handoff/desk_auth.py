@@ -6,8 +6,16 @@ the cookie carries, so store key names never hold a usable session id. The idle 
 limits are checked against the stored times on the desk's clock at every request, not left to
 the store's expiry alone: an ended session is noticed, deleted and its sign-out audited.
 
-Sign-in failures count per account name as typed (`Store.count_hit`), whether or not the
+Sign-in attempts count per account name as typed (`Store.count_hit`), whether or not the
 account exists, so an unknown account answers exactly like a wrong password, lockout included.
+An attempt is counted *before* its password is checked (an atomic increment), so concurrent
+guesses cannot all pass the check; a successful sign-in starts the count afresh. Password
+checks (argon2, 64 MiB each) run at most `MAX_HASHING` at a time, whoever asks.
+
+Auditing: failures that name a real account (a wrong password, a used link) are audited each
+time (the lockout bounds them); a lockout once per window; anonymous failures (unknown
+accounts, invalid or expired links: anyone can send those, as fast as they like) once per
+`ANON_AUDIT_SECONDS` per reason, all of them logged.
 """
 
 from __future__ import annotations
@@ -37,11 +45,15 @@ log = structlog.get_logger("patientbot.desk_auth")
 SESSION_NS = "desk-session"
 USED_TOKEN_NS = "desk-token-used"
 SIGNIN_NS = "desk-signin"
+ANON_AUDIT_NS = "desk-signin-anon"
+ANON_AUDIT_SECONDS = 300.0
+MAX_HASHING = 4  # concurrent password checks per process
+EPOCH_SECONDS = 30 * 86400  # how long an account's count epoch is remembered
 TOKEN_SALT = "patientbot-desk-signin"
 MAX_ACCOUNT_CHARS = 64
 MAX_PASSWORD_CHARS = 1024
-_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(32)
-_TOKEN_ID = re.compile(r"^[0-9a-f]{24}$")
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
+_TOKEN_ID = re.compile(r"[0-9a-f]{24}")
 # Verified when the account is unknown or has no password, so that such an answer takes as
 # long as a wrong password does. Its password is random and was thrown away.
 _DUMMY_HASH = ("$argon2id$v=19$m=65536,t=3,p=4$sfGNF8bJhFfw8dSB15Q06g$"
@@ -113,14 +125,17 @@ class DeskAuth:
     """Passwords, sign-in links and sessions of the web agent desk."""
 
     def __init__(self, desk: DeskConfig, *, store: Store, audit: AuditLog, secret: bytes,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow,
+                 passwords: PasswordHasher | None = None,
+                 max_hashing: int = MAX_HASHING) -> None:
         self._desk = desk
         self._store = store
         self._audit = audit
         self._secret = secret
         self._clock = clock
         self._tokens = token_serializer(secret, clock)
-        self._passwords = PasswordHasher()
+        self._passwords = passwords or PasswordHasher()
+        self._hashing = asyncio.Semaphore(max_hashing)
 
     def _ref(self, purpose: str, value: str) -> str:
         return hmac.new(self._secret, f"{purpose}\x00{value}".encode(),
@@ -128,22 +143,39 @@ class DeskAuth:
 
     # --- passwords -------------------------------------------------------------------------
     async def password_sign_in(self, account_id: str, password: str) -> DeskAccount:
-        """The account, or `SignInRefused` (bad_credentials, locked); audited either way."""
+        """The account, or `SignInRefused` (bad_credentials, locked); failures audited."""
         typed = account_id.strip().lower()[:MAX_ACCOUNT_CHARS]
-        counter = self._ref("signin", typed)
+        name = self._ref("signin", typed)
         account = self._desk.account(typed)
         actor = f"agent:{account.id}" if account else "unknown"
-        if await self._store.count_get(SIGNIN_NS, counter) >= self._desk.max_signin_attempts:
-            await self._refused(actor, "locked")
+        # The attempt counts before the password is checked: of any number of concurrent
+        # guesses, only `max_signin_attempts` per window reach the check. The counter is
+        # named by the account's epoch, which only a successful sign-in changes, so an
+        # agent's own sign-ins never lock them out.
+        epoch = await self._store.kv_get(SIGNIN_NS, name)
+        counter = self._ref("signin-count", f"{name}\x00{epoch['e'] if epoch else ''}")
+        attempts = await self._store.count_hit(SIGNIN_NS, counter,
+                                               window=self._desk.signin_lockout_minutes * 60)
+        if attempts > self._desk.max_signin_attempts:
+            if attempts == self._desk.max_signin_attempts + 1:  # audited once per lockout
+                await self._refused(actor, "locked")
+            else:
+                log.info("desk sign-in refused", reason="locked")
             raise SignInRefused("locked")
         stored = account.password_hash if account and account.password_hash else _DUMMY_HASH
-        ok = await asyncio.to_thread(self._verify, stored, password[:MAX_PASSWORD_CHARS])
+        # Shielded: a request that goes away does not free its slot before its hash is done.
+        ok = await asyncio.shield(self._check_password(stored, password[:MAX_PASSWORD_CHARS]))
         if not ok or account is None or not account.password_hash:
-            await self._store.count_hit(SIGNIN_NS, counter,
-                                        window=self._desk.signin_lockout_minutes * 60)
             await self._refused(actor, "bad_password" if account else "unknown_account")
             raise SignInRefused("bad_credentials")
+        await self._store.kv_set(SIGNIN_NS, name, {"e": secrets.token_hex(8)},
+                                 ttl=EPOCH_SECONDS)
         return account
+
+    async def _check_password(self, stored: str, password: str) -> bool:
+        """argon2 in a thread, at most `max_hashing` at a time."""
+        async with self._hashing:
+            return await asyncio.to_thread(self._verify, stored, password)
 
     def _verify(self, stored: str, password: str) -> bool:
         try:
@@ -152,6 +184,14 @@ class DeskAuth:
             return False
 
     async def _refused(self, actor: str, reason: str) -> None:
+        """Audit a refused sign-in; anonymous ones (anyone can cause them, without limit)
+        once per `ANON_AUDIT_SECONDS` per reason, counted in the store meanwhile."""
+        if actor == "unknown":
+            seen = await self._store.count_hit(ANON_AUDIT_NS, reason,
+                                               window=ANON_AUDIT_SECONDS)
+            if seen > 1:
+                log.info("desk sign-in refused", reason=reason, anonymous_in_window=seen)
+                return
         await self._audit.record(AuditEvent("desk.signin_failed", actor, ref=reason))
         log.info("desk sign-in refused", reason=reason)
 
@@ -171,7 +211,7 @@ class DeskAuth:
         account_id = claims.get("a") if isinstance(claims, dict) else None
         token_id = claims.get("j") if isinstance(claims, dict) else None
         account = self._desk.account(account_id) if isinstance(account_id, str) else None
-        if account is None or not isinstance(token_id, str) or not _TOKEN_ID.match(token_id):
+        if account is None or not isinstance(token_id, str) or not _TOKEN_ID.fullmatch(token_id):
             await self._refused("unknown", "token_invalid")
             raise SignInRefused("token_invalid")
         # Remembered a little longer than the link lives, so a used link stays used.
@@ -217,7 +257,7 @@ class DeskAuth:
     async def session(self, sid: str | None) -> DeskSession | None:
         """The live session the cookie names, None if there is none, or `SessionEnded`
         (after deleting it and auditing the automatic sign-out)."""
-        if not sid or not _SESSION_ID.match(sid):
+        if not sid or not _SESSION_ID.fullmatch(sid):
             return None
         ref = self._ref("session", sid)
         data = await self._store.kv_get(SESSION_NS, ref)

@@ -8,41 +8,29 @@ desk_static/desk.js, looks in desk_static/desk.css.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from html import escape
 from zoneinfo import ZoneInfo
 
 from bot.config import Config
 from bot.session import Direction, TranscriptEntry
-from handoff.desk import OUTCOMES
+from handoff.desk import OUTCOMES, REFUSALS, contact_reason, waiting_time
 from handoff.desk_auth import DeskSession
 from handoff.tickets import HandoffTicket, TicketStatus
 
-# Flash codes -> what the agent is told. Only codes appear here, never patient data.
+# Flash codes -> what the agent is told: the desk's refusals (`DeskError` codes, worded as
+# in Slack) and the web desk's own outcomes. Only codes appear here, never patient data.
 MESSAGES = {
+    **REFUSALS,
     "claim_claimed": "You claimed this ticket.",
     "claim_already_yours": "You already own this ticket.",
     "claim_already_claimed": "Another agent claimed this ticket first.",
-    "claim_resolved": "This ticket is already resolved.",
+    "claim_resolved": REFUSALS["already_resolved"],
     "replied": "Reply sent to the patient.",
     "resolved": "Ticket resolved.",
     "returned": "Conversation handed back to the bot.",
     "moved": "Ticket moved to another lane.",
     "relabelled": "Contact reason recorded.",
-    "not_found": "That ticket was not found.",
-    "not_owner": "Claim the ticket first (only its owner may do that).",
-    "already_resolved": "This ticket is already resolved.",
-    "invalid_outcome": "Choose an outcome.",
-    "unknown_lane": "Choose a lane.",
-    "same_lane": "The ticket is already in that lane.",
-    "unknown_intent": "Choose a contact reason.",
-    "same_intent": "The ticket already has that contact reason.",
-    "empty_reply": "The reply is empty.",
-    "reply_too_long": "The reply is too long.",
-    "conversation_gone": "The conversation has expired: nothing was sent.",
-    "conversation_busy": "The conversation is busy. Please try again.",
-    "busy": "The ticket is busy. Please try again.",
-    "invalid_agent": "Your account cannot act on tickets.",
 }
 SUCCESS = frozenset({"claim_claimed", "claim_already_yours", "replied", "resolved", "returned",
                      "moved", "relabelled"})
@@ -60,20 +48,6 @@ SIGNIN_ERRORS = {
     "token_used": "That sign-in link was already used. Ask for a new one.",
     "form_expired": "The form had expired. Please try again.",
 }
-
-
-def waiting(delta: timedelta) -> str:
-    """How long a ticket has waited, coarse enough to read at a glance."""
-    minutes = max(0, int(delta.total_seconds() // 60))
-    if minutes < 1:
-        return "<1 min"
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours} h {minutes:02d} min"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h"
 
 
 def _options(values: Iterable[tuple[str, str]], *, exclude: str = "") -> str:
@@ -212,10 +186,10 @@ class DeskPages:
         rows = "".join(
             f'<tr class="prio-{escape(t.priority.value)}" data-ticket="{escape(t.id)}">'
             f'<td><a href="/agent/tickets/{escape(t.id)}">{escape(t.id)}</a></td>'
-            f"<td>{escape(t.corrected_intent or t.note.contact_reason)}</td>"
+            f"<td>{escape(contact_reason(t)[0])}</td>"
             f'<td><span class="prio">{escape(t.priority.value)}</span></td>'
             f"<td>{escape(self._status(t))}</td>"
-            f"<td>{escape(waiting(now - t.created_at))}</td>"
+            f"<td>{escape(waiting_time(t.created_at, now))}</td>"
             f"<td>{escape(t.note.identity)}</td></tr>"
             for t in tickets)
         return (f'<section class="lane" data-lane="{escape(lane)}" '
@@ -250,14 +224,14 @@ class DeskPages:
 
     def _note(self, ticket: HandoffTicket, now: datetime) -> str:
         note = ticket.note
-        reason = note.contact_reason
-        if ticket.corrected_intent:
-            reason = f"{ticket.corrected_intent} (relabelled from {note.contact_reason})"
+        reason, original = contact_reason(ticket)
+        if original is not None:
+            reason = f"{reason} (relabelled from {original})"
         safety = note.safety + (f" ({', '.join(note.safety_cues)})" if note.safety_cues else "")
         rows = [
             ("Contact reason", reason), ("Priority", ticket.priority.value),
             ("Status", self._status(ticket)), ("Lane", self._lane(ticket.lane)),
-            ("Waiting", waiting(now - ticket.created_at)),
+            ("Waiting", waiting_time(ticket.created_at, now)),
             ("Created", self._time(ticket.created_at)), ("Verification", note.identity),
             ("Checks done", note.checks_done), ("Action taken", note.action_taken),
             ("Unresolved", note.unresolved), ("Callback window", note.callback_window),
@@ -310,7 +284,7 @@ class DeskPages:
             parts.append(self._form(session, ticket, "move",
                                     '<label for="lane">Move to lane</label>'
                                     f'<select id="lane" name="lane">{lanes}</select>', "Move"))
-        current = ticket.corrected_intent or ticket.note.contact_reason
+        current = ticket.corrected_intent or ticket.note.contact_reason  # as relabel checks
         intents = _options(((name, name) for name in sorted(self._config.intents)),
                            exclude=current)
         parts.append(self._form(session, ticket, "relabel",

@@ -34,7 +34,8 @@ from bot.audit import AuditLog
 from bot.config import Config
 from bot.envelopes import utcnow
 from bot.store import Store
-from handoff.desk import AgentDesk, DeskError
+from channels.base import Refused, read_body
+from handoff.desk import REFUSALS, AgentDesk, DeskError
 from handoff.desk_auth import DeskAuth, DeskSession, SessionEnded, SignInRefused
 from handoff.desk_pages import DeskPages
 from handoff.tickets import HandoffTicket
@@ -46,8 +47,8 @@ COOKIE = "pb_desk"
 PRE_COOKIE = "pb_desk_pre"  # binds the sign-in forms' CSRF token before there is a session
 ACTIONS = ("claim", "reply", "resolve", "return", "move", "relabel")
 MAX_FIELDS = 16
-_NEXT = re.compile(r"^/agent/(tickets/[A-Za-z0-9_-]{1,64})?$")
-_PRE = re.compile(r"^[A-Za-z0-9_-]{32}$")
+_NEXT = re.compile(r"/agent/(tickets/[A-Za-z0-9_-]{1,64})?")  # of the whole value
+_PRE = re.compile(r"[A-Za-z0-9_-]{32}")
 NO_STORE = {"cache-control": "no-store"}  # every desk page may show PHI
 
 
@@ -60,7 +61,7 @@ class FormError(Exception):
 def safe_next(value: str | None) -> str:
     """Where to go after sign-in: the queue or a ticket page, nothing else (no open
     redirect, no query strings)."""
-    return value if value and _NEXT.match(value) else "/agent/"
+    return value if value and _NEXT.fullmatch(value) else "/agent/"
 
 
 class WebDesk:
@@ -107,11 +108,10 @@ class WebDesk:
 
     async def _form(self, request: Request) -> dict[str, str]:
         """An urlencoded form body (first value of each field), size-limited."""
-        body = bytearray()
-        async for chunk in request.stream():
-            body.extend(chunk)
-            if len(body) > self._max_body:
-                raise FormError(413)
+        try:
+            body = await read_body(request, self._max_body)
+        except Refused as err:
+            raise FormError(err.status) from None
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if body and kind != "application/x-www-form-urlencoded":
             raise FormError(415)
@@ -127,7 +127,13 @@ class WebDesk:
 
     def _form_error(self, err: FormError, session: DeskSession | None = None) -> Response:
         return self._html(self._pages.message("Not accepted", "The form could not be read.",
-                                               session=session), err.status)
+                                              session=session), err.status)
+
+    def _form_expired(self, session: DeskSession, done: str = "") -> Response:
+        """A desk form without its session's CSRF token (`done`: what did not happen)."""
+        return self._html(self._pages.message(
+            "Form expired", f"The form had expired{done}. Reload the page and try again.",
+            session=session), 403)
 
     async def _session(self, request: Request) -> tuple[DeskSession | None, bool]:
         """(the signed-in session or None, whether a session just ended by itself)."""
@@ -174,7 +180,7 @@ class WebDesk:
         return ticket if ticket.lane in self._lanes(session) else None
 
     def _not_found(self, session: DeskSession) -> Response:
-        return self._html(self._pages.message("Not found", "That ticket was not found.",
+        return self._html(self._pages.message("Not found", REFUSALS["not_found"],
                                               session=session), 404)
 
     # --- pages -----------------------------------------------------------------------------
@@ -201,7 +207,6 @@ class WebDesk:
         return self._html(self._pages.ticket(session, ticket, transcript, self._clock(),
                                              flash=flash, delivery=delivery))
 
-
     async def ping(self, request: Request) -> Response:
         """desk.js asks whether the session lives (``X-Desk-Poll: active`` when the agent
         was busy on the page since the last ask)."""
@@ -225,9 +230,7 @@ class WebDesk:
             return self._form_error(err, session)
         if not self._auth.check_csrf(session, form.get("csrf")):
             log.warning("desk form refused: CSRF token", action=action)
-            return self._html(self._pages.message(
-                "Form expired", "The form had expired; nothing was changed. Reload the page "
-                "and try again.", session=session), 403)
+            return self._form_expired(session, "; nothing was changed")
         ticket = await self._visible(session, ticket_id)
         if ticket is None:
             return self._not_found(session)
@@ -267,7 +270,7 @@ class WebDesk:
     # --- sign-in / sign-out ----------------------------------------------------------------
     def _signin_page(self, request: Request, *, status: int = 200, **fields: str) -> Response:
         pre = request.cookies.get(PRE_COOKIE, "")
-        if not _PRE.match(pre):
+        if not _PRE.fullmatch(pre):
             pre = secrets.token_urlsafe(24)
         csrf = self._auth.signin_csrf(pre)
         if "token" in fields:
@@ -349,9 +352,7 @@ class WebDesk:
         idle = form.get("reason") == "idle"  # desk.js, after idle_minutes without use
         if session is not None:
             if not self._auth.check_csrf(session, form.get("csrf")):
-                return self._html(self._pages.message(
-                    "Form expired", "The form had expired. Reload the page and try again.",
-                    session=session), 403)
+                return self._form_expired(session)
             await self._auth.end(session, "idle" if idle else "agent")
         notice = "idle" if idle or ended else "signed_out"
         response = RedirectResponse(f"/agent/signin?notice={notice}", status_code=303,

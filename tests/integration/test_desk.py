@@ -350,6 +350,7 @@ async def test_every_transcript_view_is_audited(rt: Runtime) -> None:
 async def test_open_tickets_come_in_serving_order_without_resolved_ones(
         rt: Runtime, clock: Clock) -> None:
     first = await hand_off(rt, "first", patient="P1001")
+    clock.advance(seconds=1)  # tickets are stamped by the pipeline's clock
     second = await hand_off(rt, "second", patient="P1002")
     session = await session_of(rt, "P1002")
 

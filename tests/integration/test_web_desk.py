@@ -4,13 +4,16 @@ clock, CSRF, lanes, and the ticket actions reaching the patient."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -27,10 +30,10 @@ from bot.logs import configure_logging
 from bot.runtime import Runtime
 from bot.session import SessionState
 from bot.settings import Settings
-from handoff.desk_auth import desk_secret, sign_in_token
+from handoff.desk_auth import DeskAuth, desk_secret, sign_in_token
 from handoff.desk_pages import MESSAGES, SIGNIN_ERRORS
 from handoff.tickets import TicketStatus
-from handoff.web_desk import COOKIE
+from handoff.web_desk import COOKIE, safe_next
 from tests.conftest import CONFIG_DIR, key_env
 from tests.integration.test_desk import audit_actions, hand_off, patient_writes, session_of
 from tests.integration.test_pipeline import mailbox
@@ -171,7 +174,80 @@ async def test_repeated_failures_lock_the_account_even_for_the_right_password(
     assert (await desk.sign_in(account="ghost", password="guess")).status_code == 429
     # Other accounts are unaffected.
     assert (await desk.sign_in("bill", BILLING_PASSWORD)).status_code == 303
-    assert ("desk.signin_failed", "agent:ana", "locked") in await audit_actions(desk.runtime)
+    desk.client.cookies.clear()
+    assert (await desk.sign_in()).status_code == 429  # still locked: audited once
+    assert [a for a in await actions(desk, "desk.signin_failed") if a[1] == "agent:ana"] == \
+        [("desk.signin_failed", "agent:ana", "bad_password")] * 3 + \
+        [("desk.signin_failed", "agent:ana", "locked")]
+
+
+async def test_concurrent_guesses_get_no_more_password_checks_than_the_limit(
+        desk: Desk) -> None:
+    form = await desk.client.get("/agent/signin")
+    token = CSRF.search(form.text).group(1)
+    guesses = await asyncio.gather(*(desk.client.post("/agent/signin", data={
+        "csrf": token, "next": "/agent/", "account": "ana", "password": f"guess {n}"})
+        for n in range(10)))
+    assert sorted(r.status_code for r in guesses) == [401] * 3 + [429] * 7
+    checked = [ref for _, actor, ref in await actions(desk, "desk.signin_failed")
+               if actor == "agent:ana"]
+    assert sorted(checked) == ["bad_password"] * 3 + ["locked"]  # max_signin_attempts: 3
+    assert (await desk.sign_in()).status_code == 429  # the right password waits too
+
+
+async def test_a_successful_sign_in_starts_the_count_afresh(desk: Desk) -> None:
+    for _ in range(2):
+        assert (await desk.sign_in(password="guess")).status_code == 401
+    for _ in range(4):  # more sign-ins than max_signin_attempts: none of them counts
+        assert (await desk.sign_in()).status_code == 303
+        desk.client.cookies.clear()
+    for expected in (401, 401, 401, 429):
+        assert (await desk.sign_in(password="guess")).status_code == expected
+
+
+class TimedHasher(PasswordHasher):
+    """Slow verifications that record how many ran at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = self.most = 0
+        self._lock = threading.Lock()
+
+    def verify(self, stored: str | bytes, password: str | bytes) -> bool:
+        with self._lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.05)
+        with self._lock:
+            self.running -= 1
+        return False
+
+
+async def test_password_checks_run_a_few_at_a_time_whoever_asks(desk: Desk) -> None:
+    hasher = TimedHasher()
+    runtime = desk.runtime
+    auth = DeskAuth(runtime.config.agents.desk, store=runtime.store, audit=runtime.audit,
+                    secret=desk_secret(runtime.settings.keys), clock=desk.clock,
+                    passwords=hasher, max_hashing=4)
+    refused = await asyncio.gather(*(auth.password_sign_in(f"nobody{n}", "guess")
+                                     for n in range(12)), return_exceptions=True)
+    assert [getattr(r, "code", r) for r in refused] == ["bad_credentials"] * 12
+    assert hasher.most == 4
+
+
+async def test_anonymous_failures_are_audited_once_per_window_real_accounts_always(
+        desk: Desk) -> None:
+    for n in range(4):
+        assert (await desk.sign_in(account=f"ghost{n}", password="guess")).status_code == 401
+        forged = await desk.client.get("/agent/token", params={"t": f"forged{n}"})
+        assert forged.status_code == 400
+    assert (await desk.sign_in(password="guess")).status_code == 401
+    assert (await desk.sign_in(password="guess")).status_code == 401
+    assert await actions(desk, "desk.signin_failed") == [
+        ("desk.signin_failed", "unknown", "unknown_account"),
+        ("desk.signin_failed", "unknown", "token_invalid"),
+        ("desk.signin_failed", "agent:ana", "bad_password"),
+        ("desk.signin_failed", "agent:ana", "bad_password")]
 
 
 async def test_sign_in_forms_need_their_csrf_token_and_next_stays_on_the_desk(
@@ -185,6 +261,14 @@ async def test_sign_in_forms_need_their_csrf_token_and_next_stays_on_the_desk(
         response = await desk.sign_in(next_path=evil)
         assert (response.status_code, response.headers["location"]) == (303, "/agent/")
         desk.client.cookies.clear()
+
+
+@pytest.mark.parametrize("evil", ["/agent/\n", "/agent/tickets/abc\n", "//evil.example",
+                                  "/agent/../x", "/agent//evil.example", "/agent/?x=1", "",
+                                  None])
+def test_safe_next_takes_the_whole_value_or_nothing(evil: str | None) -> None:
+    assert safe_next(evil) == "/agent/"
+    assert safe_next("/agent/tickets/abc-1_2") == "/agent/tickets/abc-1_2"
 
 
 async def test_a_deep_link_signs_in_then_returns_to_the_ticket(desk: Desk) -> None:
@@ -361,6 +445,23 @@ async def test_resolve_return_move_and_relabel_through_the_forms(desk: Desk,
     assert "Ticket resolved." not in (await desk.client.get("/agent/")).text  # flash shown once
 
 
+async def test_a_ticket_relabelled_back_to_its_first_reason_shows_no_relabel(
+        desk: Desk) -> None:
+    ticket = await hand_off(desk.runtime)
+    await desk.sign_in()
+    await desk.act(ticket.id, "relabel", intent="billing_question")
+    page = (await desk.client.get(f"/agent/tickets/{ticket.id}")).text
+    assert "<dd>billing_question (relabelled from unclassified)</dd>" in page
+    # As after relabelling to another reason and back to the classifier's own.
+    stored = await desk.runtime.store.get_ticket(ticket.id)
+    stored.note = replace(stored.note, contact_reason="complaint")
+    stored.corrected_intent = "complaint"
+    assert await desk.runtime.store.update_ticket(stored)
+    page = (await desk.client.get(f"/agent/tickets/{ticket.id}")).text
+    assert "<dt>Contact reason</dt><dd>complaint</dd>" in page
+    assert "relabelled from" not in page
+
+
 async def test_another_agents_ticket_offers_no_reply_and_refuses_one(desk: Desk) -> None:
     ticket = await hand_off(desk.runtime)
     await desk.runtime.desk.claim(ticket.id, "someone")
@@ -426,6 +527,33 @@ async def test_forms_without_the_csrf_token_change_nothing(desk: Desk) -> None:
     refused = await desk.client.post(f"/agent/tickets/{ticket.id}/claim",
                                      json={"csrf": await desk.csrf()})
     assert refused.status_code == 415
+
+
+async def test_form_bodies_over_the_limit_are_refused_before_they_are_read(
+        desk: Desk) -> None:
+    ticket = await hand_off(desk.runtime)
+    await desk.sign_in()
+    limit = desk.runtime.config.app.limits.max_message_chars * 12 + 4096
+    csrf = await desk.csrf()
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    declared = await desk.client.post(f"/agent/tickets/{ticket.id}/claim",
+                                      content=f"csrf={csrf}".encode(),
+                                      headers={**form, "content-length": str(limit + 1)})
+    assert declared.status_code == 413
+
+    async def chunks() -> AsyncIterator[bytes]:  # no declared length: counted as read
+        yield f"csrf={csrf}&text=".encode()
+        for _ in range(limit // 1024 + 1):
+            yield b"x" * 1024
+
+    streamed = await desk.client.post(f"/agent/tickets/{ticket.id}/claim", content=chunks(),
+                                      headers=form)
+    assert streamed.status_code == 413
+    assert (await desk.runtime.store.get_ticket(ticket.id)).status is TicketStatus.OPEN
+    # The sign-in form is read the same way.
+    big = await desk.client.post("/agent/signin", content=b"account=ana",
+                                 headers={**form, "content-length": str(limit + 1)})
+    assert big.status_code == 413
 
 
 async def test_agents_see_only_their_lanes(desk: Desk) -> None:
