@@ -226,9 +226,9 @@ class Runtime:
             await asyncio.gather(*self._worker_tasks, return_exceptions=True)
         # After the workers: a reply being sent still has its provider client. Whatever a
         # listener accepts meanwhile is already durably queued.
+        if self.slack is not None:
+            await self.slack.stop()  # its background actions may still send replies
         for channel in self.patient_channels:
             await channel.stop()  # idempotent: listeners and provider clients
-        if self.slack is not None:
-            await self.slack.stop()
         if self._redis is not None:
             await self._redis.aclose()

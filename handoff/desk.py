@@ -132,6 +132,11 @@ def _actor(agent: str) -> str:
     return f"agent:{agent}"
 
 
+def _replied(ticket: HandoffTicket, message_id: str) -> bool:
+    return any(event.action == "reply" and event.detail == message_id
+               for event in ticket.history)
+
+
 def _record(ticket: HandoffTicket, action: str, actor: str, now: datetime,
             detail: str = "") -> None:
     ticket.history.append(TicketEvent(action, actor, now, detail))
@@ -237,15 +242,16 @@ class AgentDesk:
             raise DeskError("empty_reply")
         if len(text) > self._config.app.limits.max_message_chars:
             raise DeskError("reply_too_long")
-        ticket = await self.get(ticket_id)
-        self._check_owner(ticket, agent, must_own=True)  # refuse early, without the lock
         message_id = message_id or uuid.uuid4().hex
+        ticket = await self.get(ticket_id)
+        if _replied(ticket, message_id):
+            return message_id  # already committed (a retried delivery)
+        self._check_owner(ticket, agent, must_own=True)  # refuse early, without the lock
         async with self._conversation(ticket) as lease:
             for _ in range(MAX_ATTEMPTS):
                 ticket = await self.get(ticket_id)
-                if any(event.action == "reply" and event.detail == message_id
-                       for event in ticket.history):
-                    return message_id  # already committed (a retried delivery)
+                if _replied(ticket, message_id):
+                    return message_id
                 self._check_owner(ticket, agent, must_own=True)
                 session = await self._session(ticket)
                 if session is None:

@@ -1,24 +1,35 @@
 """Agents work handoffs in Slack: a note per ticket, claim, thread replies, resolve.
 
-A slack-bolt `AsyncApp` receives Slack's requests: `POST /slack/events` in HTTP mode, every
-request verified with the signing secret before anything is parsed (bolt's request
-verification: HMAC-SHA256, constant-time compare, stale timestamps refused), or over a
-Socket Mode WebSocket (`mode: socket`, `SLACK_APP_TOKEN`, no public URL).
+A slack-bolt `AsyncApp` receives Slack's requests: `POST /slack/events` in HTTP mode, or
+over a Socket Mode WebSocket (`mode: socket`, `SLACK_APP_TOKEN`, no public URL). In HTTP
+mode `_endpoint` verifies the signing secret on the raw bytes before anything is decoded or
+parsed (HMAC-SHA256, constant-time compare, stale timestamps refused): 401 and a warning
+otherwise; a signed body that cannot be read is a 400.
 
 - Buttons and menus on a note drive the desk (`handoff.desk.AgentDesk`): claim (atomic;
   a second agent is told who has it), resolve with an outcome, return to the bot, move to
-  another lane, relabel the contact reason. The Slack user id is the agent id, so it is on
-  every history entry, audit record and relayed reply. Refusals come back as ephemeral
-  messages with a plain explanation (never patient data).
+  another lane, relabel the contact reason. Slack wants an answer within 3 s, so a click is
+  acknowledged at once and the desk action and note update run in the background (`idle()`
+  waits for them; `stop()` lets them finish briefly, then cancels them). The Slack user id is
+  the agent id, so it is on every history entry, audit record and relayed reply. Refusals
+  come back as ephemeral messages with a plain explanation (never patient data).
 - Thread replies on a note: in a PHI-capable workspace the owner's replies reach the
-  patient on the patient's own channel (`AgentDesk.reply`), anyone else's stay internal
-  notes; elsewhere nothing is relayed and the writer is pointed at the web desk.
+  patient on the patient's own channel (`AgentDesk.reply`, flagged as PHI: a channel that
+  must not carry PHI sends the patient a portal pointer instead), anyone else's stay
+  internal notes; elsewhere nothing is relayed and the writer is pointed at the web desk.
+- Only members of our own workspace (auth.test's team) act: guests from other workspaces
+  (Slack Connect) are refused.
 - Notes are kept up to date by reconciliation (`handoff.slack_sync`), escalation notices
   come from `handoff.slack_notices`, and what is shown is built in `handoff.slack_blocks`.
 
-Slack retries an event it thinks we missed: each `event_id` is processed once. Bot
-messages, edits and other message subtypes are ignored, as are our own messages. Only
-the handoff package imports slack-bolt.
+Slack retries an event it thinks we missed, so each `event_id` is processed once: marked
+"processing" for a short while, "done" once processed, and released if processing did not
+finish (an error, a cancelled request, a crash: the mark expires), so Slack's retry tries
+again; a retry that arrives while the first attempt is still running is answered 503, so
+Slack tries once more later. A replayed owner reply is not sent twice: its outbound id is
+derived from the event id. Events are handled within the request (Slack's retries are what
+makes them durable); bot messages, edits and other subtypes are ignored, as are our own
+messages. Only the handoff package imports slack-bolt.
 """
 
 from __future__ import annotations
@@ -28,16 +39,17 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import datetime
 from typing import Any
 
 import structlog
-from slack_bolt.adapter.starlette.async_handler import (
-    to_async_bolt_request,
-    to_starlette_response,
-)
-from slack_bolt.async_app import AsyncApp
+from slack_bolt.adapter.starlette.async_handler import to_starlette_response
+from slack_bolt.async_app import AsyncApp, AsyncBoltRequest
+from slack_bolt.request.internals import parse_body
+from slack_bolt.response import BoltResponse
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -46,10 +58,10 @@ from starlette.routing import BaseRoute, Route
 from bot.audit import AuditLog
 from bot.config import Config
 from bot.envelopes import utcnow
-from bot.errors import LockTimeout, SecretsError
+from bot.errors import SecretsError
 from bot.store import Store
 from channels.base import Refused, read_body
-from handoff.desk import AgentDesk, DeskError, desk_url
+from handoff.desk import REFUSALS, AgentDesk, DeskError, desk_url
 from handoff.escalation import EscalationNotifier
 from handoff.slack_blocks import (
     CLAIM,
@@ -72,31 +84,21 @@ EVENTS_PATH = "/slack/events"
 MAX_BODY_BYTES = 1_000_000
 EVENT_NS = "slack-event"
 EVENT_TTL = 24 * 3600.0  # Slack retries an event for minutes, not days
+EVENT_PROCESSING_TTL = 60.0  # a crashed attempt's mark expires, so Slack's retry runs
 ACTION_SYNC_WAIT = 5.0  # an action waits this long for a sweep holding the ticket's note
+ACTION_DEADLINE = 60.0  # background work never runs longer than this
+STOP_GRACE = 5.0  # stop() lets background work finish for this long, then cancels it
 _EVENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_REPLY_IDS = uuid.UUID("5b0d7f5e-4c4b-4a53-9c2e-7a1f0e2d9b61")  # namespace: event -> reply id
 # A human's thread reply: no subtype, or "also send to channel"; "file_share" is answered
 # (files are never relayed); every other subtype (bots, edits, deletions...) is ignored.
 REPLY_SUBTYPES = (None, "thread_broadcast")
 FILE_SHARE = "file_share"
+TRY_AGAIN = "That did not work: please try again."
+OUTSIDER = "Only members of this workspace can work handoffs."
 
-EXPLAIN = {
-    "not_found": "This ticket no longer exists (it may have expired).",
-    "invalid_agent": "Your Slack account id cannot be used as an agent id.",
-    "not_owner": "Another agent has claimed this ticket: only they can do that. "
-                 "Claim it first if it is unclaimed.",
-    "already_resolved": "This ticket is already closed.",
-    "invalid_outcome": "Pick one of the listed outcomes.",
-    "unknown_lane": "That lane is not configured.",
-    "same_lane": "The ticket is already in that lane.",
-    "unknown_intent": "That contact reason is not configured.",
-    "same_intent": "The ticket already has that contact reason.",
-    "empty_reply": "Empty replies are not sent.",
-    "reply_too_long": "That reply is too long for the patient's channel: shorten it or "
-                      "split it.",
-    "conversation_gone": "The patient's conversation has expired: the reply was not sent.",
-    "conversation_busy": "The conversation is busy right now: please try again in a moment.",
-    "busy": "The ticket is busy right now: please try again in a moment.",
-}
+# A control's desk call: (ticket id, Slack user id, chosen option) -> what to tell the user.
+Control = Callable[[str, str, str], Awaitable[str | None]]
 
 
 def _quiet_logger(name: str) -> logging.Logger:
@@ -106,9 +108,15 @@ def _quiet_logger(name: str) -> logging.Logger:
     return logger
 
 
+def reply_id(event_id: str) -> str:
+    """The outbound id of the reply an event carries: the same for Slack's retries."""
+    return uuid.uuid5(_REPLY_IDS, event_id).hex
+
+
 class SlackAgents:
     """The Slack agent layer. `routes()` for the web app (HTTP mode), `start()`/`stop()`
-    for Socket Mode, `sweep()` for the workers, `notifier` for the escalation sweeper."""
+    for Socket Mode and background work, `sweep()` for the workers, `notifier` for the
+    escalation sweeper."""
 
     def __init__(self, config: Config, *, desk: AgentDesk, store: Store, audit: AuditLog,
                  secrets: Mapping[str, str], clock: Callable[[], datetime] = utcnow) -> None:
@@ -130,20 +138,26 @@ class SlackAgents:
         self._desk = desk
         self._store = store
         self._clock = clock
+        self._verifier = SignatureVerifier(signing_secret) if self._http else None
         base_url = settings.api_base_url if settings.api_base_url.endswith("/") \
             else settings.api_base_url + "/"
         client = AsyncWebClient(token=token, base_url=base_url,
                                 timeout=timeout_seconds(settings.timeout_seconds),
                                 logger=_quiet_logger("patientbot.slack.sdk"))
         self._web = SlackWeb(client)
+        # Bolt's own verification is off: `_endpoint` verifies before bolt parses anything.
         self.app = AsyncApp(client=client, signing_secret=signing_secret or None,
-                            request_verification_enabled=self._http,
+                            request_verification_enabled=False,
                             process_before_response=True, name="patientbot",
                             logger=_quiet_logger("patientbot.slack.bolt"))
         self.sync = SlackSync(config, desk=desk, store=store, audit=audit, web=self._web,
                               clock=clock)
         self.notifier: EscalationNotifier = SlackNotifier(config, web=self._web,
                                                           sync=self.sync, clock=clock)
+        self._controls: dict[str, Control] = {
+            CLAIM: self._claim, RESOLVE: self._resolve, RETURN: self._return,
+            MOVE: self._move, RELABEL: self._relabel}
+        self._tasks: set[asyncio.Task[None]] = set()  # referenced, so never collected early
         self._socket: Any = None
         self._connecting: asyncio.Task[None] | None = None
         self._next_round = 0.0
@@ -171,9 +185,11 @@ class SlackAgents:
         except TimeoutError:
             log.warning("slack socket mode not connected yet; retrying in the background")
 
-    async def stop(self) -> None:
-        """Close the Socket Mode connection (idempotent). Web API calls open and close
-        their own HTTP sessions, so there is nothing else to close."""
+    async def stop(self, *, grace: float = STOP_GRACE) -> None:
+        """Close the Socket Mode connection, then give background work `grace` seconds to
+        finish and cancel what is left (idempotent). A cancelled action was acknowledged
+        but may not have happened: the agent sees the note unchanged and clicks again. Web
+        API calls open and close their own HTTP sessions: nothing else to close."""
         socket, self._socket = self._socket, None
         connecting, self._connecting = self._connecting, None
         if socket is not None:
@@ -182,6 +198,18 @@ class SlackAgents:
             connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await connecting
+        if self._tasks:
+            _, late = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+            if late:
+                log.warning("slack background work cancelled at shutdown", tasks=len(late))
+
+    async def idle(self) -> None:
+        """Wait until the background work started so far (and any it starts) is done."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
 
     async def sweep(self, *, force: bool = False) -> int:
         """One reconciliation round (`handoff.slack_sync`), at most every `sync_seconds`
@@ -192,22 +220,51 @@ class SlackAgents:
         self._next_round = now + self._settings.sync_seconds
         return await self.sync.sweep()
 
+    def _spawn(self, work: Coroutine[Any, Any, None], *, what: str) -> None:
+        async def guarded() -> None:
+            try:
+                async with asyncio.timeout(ACTION_DEADLINE):
+                    await work
+            except Exception as err:  # nobody awaits this task: its errors end here
+                log.error("slack background work failed", work=what,
+                          error_type=type(err).__name__)
+            finally:
+                work.close()  # cancelled before it started: no "never awaited" warning
+
+        task = asyncio.create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _endpoint(self, request: Request) -> Response:
         try:
             body = await read_body(request, MAX_BODY_BYTES)
         except Refused as refused:
             return JSONResponse({"error": refused.error}, status_code=refused.status)
-        # Bolt verifies the signature first, before parsing anything.
-        response = await self.app.async_dispatch(to_async_bolt_request(request, body))
+        assert self._verifier is not None  # HTTP mode only
+        try:  # the raw bytes, before anything is decoded or parsed
+            valid = self._verifier.is_valid_request(body, dict(request.headers))
+        except ValueError:  # not UTF-8 or a timestamp that is no number: not Slack's
+            valid = False
+        if not valid:
+            log.warning("slack request refused", reason="signature")
+            return JSONResponse({"error": "invalid_signature"}, status_code=401)
+        content_type = request.headers.get("content-type", "").split(";")[0] or None
+        try:  # as bolt will parse it
+            text = body.decode("utf-8")
+            readable = isinstance(parse_body(text, content_type), dict)
+        except ValueError:
+            readable = False
+        if not readable:  # signed, yet neither a JSON object nor a form carrying one
+            log.warning("slack request refused", reason="unreadable_body")
+            return JSONResponse({"error": "bad_request"}, status_code=400)
+        response = await self.app.async_dispatch(AsyncBoltRequest(
+            body=text, query=dict(request.query_params), headers=dict(request.headers)))
         return to_starlette_response(response)
 
     # --- listeners -------------------------------------------------------------------------
     def _register(self) -> None:
-        self.app.action(CLAIM)(self._on_claim)
-        self.app.action(RESOLVE)(self._on_resolve)
-        self.app.action(RETURN)(self._on_return)
-        self.app.action(MOVE)(self._on_move)
-        self.app.action(RELABEL)(self._on_relabel)
+        for action_id in self._controls:
+            self.app.action(action_id)(self._on_action)
         self.app.event("message")(self._on_message)
         self.app.error(self._on_error)
 
@@ -221,44 +278,62 @@ class SlackAgents:
         try:
             await self._web.ephemeral(channel, user, text, thread_ts=thread_ts)
         except SlackCallError as err:
-            log.error("slack ephemeral failed", code=err.code)
+            log.warning("slack ephemeral failed", code=err.code)
+
+    async def _member(self, team: str | None, user: str) -> bool:
+        """Whether the acting user belongs to our workspace (guests from other workspaces
+        in a shared channel do not). Raises `SlackCallError` if auth.test fails."""
+        if team and team == await self._web.team():
+            return True
+        log.warning("slack user from another workspace refused", user=user, team=team or "")
+        return False
 
     async def _sync_now(self, ticket_id: str) -> None:
-        """After an action, the note changes at once instead of on the next sweep."""
+        """After an action, the note changes at once instead of on the next sweep. The
+        action has committed: whatever fails here, the sweep catches up."""
         try:
             await self.sync.sync(ticket_id, wait=ACTION_SYNC_WAIT)
-        except (LockTimeout, SlackCallError) as err:
+        except Exception as err:
             log.warning("slack note sync deferred to the sweep", ticket=ticket_id,
                         error_type=type(err).__name__)
 
-    async def _act(self, ack: Callable[[], Awaitable[Any]], body: dict[str, Any],
-                   action: dict[str, Any],
-                   run: Callable[[str, str, str], Awaitable[str | None]]) -> None:
-        """Common to every control: acknowledge, run the desk action as the clicking user,
-        explain a refusal privately, and bring the note up to date."""
-        await ack()
+    async def _on_action(self, ack: Callable[[], Awaitable[Any]], body: dict[str, Any],
+                         action: dict[str, Any]) -> None:
+        await ack()  # Slack wants an answer within 3 s: the work goes on in the background
+        self._spawn(self._act(body, action), what=str(action.get("action_id")))
+
+    async def _act(self, body: dict[str, Any], action: dict[str, Any]) -> None:
+        """Run the control's desk action as the clicking user, explain a refusal privately,
+        and bring the note up to date."""
         user = str(body["user"]["id"])
+        team = body["user"].get("team_id") or (body.get("team") or {}).get("id")
         channel = str((body.get("channel") or {}).get("id")
                       or body.get("container", {}).get("channel_id", ""))
+        action_id = str(action.get("action_id"))
         value = action.get("value") or (action.get("selected_option") or {}).get("value", "")
         ticket_id, _, choice = str(value).partition(SEPARATOR)
         try:
-            notice = await run(ticket_id, user, choice)
+            if not await self._member(team, user):
+                await self._tell(channel, user, OUTSIDER)
+                return
+            notice = await self._controls[action_id](ticket_id, user, choice)
         except DeskError as err:
-            log.info("slack action refused", ticket=ticket_id, action=action.get("action_id"),
-                     code=err.code)
-            notice = EXPLAIN.get(err.code, "That did not work: please try again.")
+            log.info("slack action refused", ticket=ticket_id, action=action_id, code=err.code)
+            notice = REFUSALS.get(err.code, TRY_AGAIN)
             if err.code == "not_found":
                 await self._tell(channel, user, notice)
                 return
+        except Exception as err:
+            log.error("slack action failed", ticket=ticket_id, action=action_id,
+                      error_type=type(err).__name__)
+            await self._tell(channel, user, TRY_AGAIN)
+            return
         if notice:
             await self._tell(channel, user, notice)
         await self._sync_now(ticket_id)
 
-    async def _on_claim(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
-        await self._act(ack, body, action, self._claim)
-
-    async def _claim(self, ticket_id: str, user: str, _: str) -> str | None:
+    # --- the controls' desk calls ----------------------------------------------------------
+    async def _claim(self, ticket_id: str, user: str, _: str) -> str:
         result = await self._desk.claim(ticket_id, user)
         match result.code:
             case "already_claimed":
@@ -266,71 +341,104 @@ class SlackAgents:
             case "already_yours":
                 return "You already own this ticket."
             case "resolved":
-                return EXPLAIN["already_resolved"]
-        link = f"<{desk_url(self._config, ticket_id)}|the web desk>"
-        if self._settings.phi_capable:
-            return ("You own this ticket. The patient's messages appear in the thread; your "
-                    "replies in the thread are sent to the patient.")
-        return ("You own this ticket. This workspace is not set up for patient information: "
-                f"read and answer the conversation in {link}.")
+                return REFUSALS["already_resolved"]
+        if not self._settings.phi_capable:
+            link = f"<{desk_url(self._config, ticket_id)}|the web desk>"
+            return ("You own this ticket. This workspace is not set up for patient "
+                    f"information: read and answer the conversation in {link}.")
+        guide = ("You own this ticket. The patient's messages appear in the thread; your "
+                 "replies in the thread are sent to the patient.")
+        channel = result.ticket.channel
+        if not self._carries_phi(channel):
+            guide += (f" The patient writes on {escape(channel)}, which must not carry "
+                      "patient information: your replies reach them as a link to the patient "
+                      "portal, not as text.")
+        return guide
 
-    async def _on_resolve(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
-        async def run(ticket_id: str, user: str, outcome: str) -> None:
-            await self._desk.resolve(ticket_id, user, outcome)
-        await self._act(ack, body, action, run)
+    def _carries_phi(self, channel: str) -> bool:
+        """Whether a patient channel may carry PHI (`channels.yml <channel>.phi_allowed`;
+        the portal chat always may)."""
+        settings = getattr(self._config.channels, channel, None)
+        return bool(getattr(settings, "phi_allowed", True))
 
-    async def _on_return(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
-        async def run(ticket_id: str, user: str, _: str) -> None:
-            await self._desk.return_to_bot(ticket_id, user)
-        await self._act(ack, body, action, run)
+    async def _resolve(self, ticket_id: str, user: str, outcome: str) -> None:
+        await self._desk.resolve(ticket_id, user, outcome)
 
-    async def _on_move(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
-        async def run(ticket_id: str, user: str, lane: str) -> None:
-            await self._desk.move(ticket_id, user, lane)
-        await self._act(ack, body, action, run)
+    async def _return(self, ticket_id: str, user: str, _: str) -> None:
+        await self._desk.return_to_bot(ticket_id, user)
 
-    async def _on_relabel(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
-        async def run(ticket_id: str, user: str, intent: str) -> str:
-            await self._desk.relabel(ticket_id, user, intent)
-            return (f"Relabelled as {escape(intent)}: the correction goes to the NLU review "
-                    "queue.")
-        await self._act(ack, body, action, run)
+    async def _move(self, ticket_id: str, user: str, lane: str) -> None:
+        await self._desk.move(ticket_id, user, lane)
+
+    async def _relabel(self, ticket_id: str, user: str, intent: str) -> str:
+        await self._desk.relabel(ticket_id, user, intent)
+        return f"Relabelled as {escape(intent)}: the correction goes to the NLU review queue."
 
     # --- thread replies --------------------------------------------------------------------
     async def _on_message(self, body: dict[str, Any], event: dict[str, Any],
-                          context: Any) -> None:
+                          context: Any) -> BoltResponse | None:
         subtype = event.get("subtype")
         if subtype not in (*REPLY_SUBTYPES, FILE_SHARE) or event.get("bot_id"):
-            return  # bot messages, edits, deletions, joins...
+            return None  # bot messages, edits, deletions, joins...
         user = event.get("user")
         thread_ts, channel = event.get("thread_ts"), event.get("channel")
         if not user or user == context.get("bot_user_id") or not thread_ts or not channel \
                 or thread_ts == event.get("ts"):
-            return  # our own messages, and channel messages outside a thread
+            return None  # our own messages, and channel messages outside a thread
         ticket_id = await self.sync.ticket_for_thread(channel, thread_ts)
         if ticket_id is None:
-            return  # a thread that is not a ticket's
+            return None  # a thread that is not a ticket's
         event_id = str(body.get("event_id") or "")
-        if _EVENT_ID.match(event_id) and not await self._store.kv_create_all(
-                EVENT_NS, [event_id], {"at": self._clock().isoformat()}, ttl=EVENT_TTL):
-            log.info("slack event already processed", ticket=ticket_id)
-            return
+        once = _EVENT_ID.match(event_id) is not None
+        if once:
+            state = await self._begin_event(event_id)
+            if state == "done":
+                log.info("slack event already processed", ticket=ticket_id)
+                return None
+            if state == "busy":  # Slack retries again later, when the first one has ended
+                log.info("slack event still being processed", ticket=ticket_id)
+                return BoltResponse(status=503, body="")
+        finished = False
         try:
-            if subtype == FILE_SHARE:
+            team = event.get("user_team") or event.get("team")
+            if not await self._member(team, user):
+                await self._tell(channel, user, f"Not sent to the patient. {OUTSIDER}",
+                                 thread_ts=thread_ts)
+            elif subtype == FILE_SHARE:
                 await self._tell(channel, user, "Not sent to the patient: files (and messages "
                                  "with files) are never relayed. Send the text on its own.",
                                  thread_ts=thread_ts)
-                return
-            await self._thread_reply(ticket_id, channel, thread_ts, user,
-                                     str(event.get("text") or ""))
-        except Exception:
-            # Not processed after all: Slack's retry of this event may try again.
-            if _EVENT_ID.match(event_id):
+            else:
+                await self._thread_reply(ticket_id, channel, thread_ts, user,
+                                         str(event.get("text") or ""),
+                                         message_id=reply_id(event_id) if once else None)
+            finished = True
+        finally:  # also when cancelled (the request's deadline): Slack's retry runs again
+            if once:
+                await self._end_event(event_id, finished=finished)
+        return None
+
+    async def _begin_event(self, event_id: str) -> str:
+        """Mark an event as being processed: "new" (go ahead), "busy" (another attempt is
+        running) or "done" (processed already)."""
+        if await self._store.kv_create_all(EVENT_NS, [event_id], {"state": "processing"},
+                                           ttl=EVENT_PROCESSING_TTL):
+            return "new"
+        mark = await self._store.kv_get(EVENT_NS, event_id)
+        return "busy" if mark is None or mark.get("state") == "processing" else "done"
+
+    async def _end_event(self, event_id: str, *, finished: bool) -> None:
+        """Processed: remembered for a day. Not processed: forgotten, so a retry runs."""
+        try:
+            if finished:
+                await self._store.kv_set(EVENT_NS, event_id, {"state": "done"}, ttl=EVENT_TTL)
+            else:
                 await self._store.kv_delete(EVENT_NS, event_id)
-            raise
+        except Exception as err:  # the mark expires on its own; replies are not sent twice
+            log.warning("slack event mark not updated", error_type=type(err).__name__)
 
     async def _thread_reply(self, ticket_id: str, channel: str, thread_ts: str, user: str,
-                            text: str) -> None:
+                            text: str, *, message_id: str | None) -> None:
         async def tell(notice: str) -> None:
             await self._tell(channel, user, notice, thread_ts=thread_ts)
 
@@ -342,17 +450,20 @@ class SlackAgents:
         try:
             ticket = await self._desk.get(ticket_id)
         except DeskError as err:
-            await tell(EXPLAIN.get(err.code, "That did not work."))
+            await tell(REFUSALS.get(err.code, TRY_AGAIN))
             return
         if ticket.status is TicketStatus.RESOLVED:
             await tell("Internal note: this ticket is closed, so nothing is sent to the "
                        "patient.")
         elif ticket.status is TicketStatus.CLAIMED and ticket.claimed_by == user:
             try:
-                await self._desk.reply(ticket_id, user, to_plain(text))
+                # PHI: agents in a PHI-capable workspace may write anything, so a channel
+                # that must not carry PHI gets a portal pointer instead.
+                await self._desk.reply(ticket_id, user, to_plain(text), phi=True,
+                                       message_id=message_id)
             except DeskError as err:
                 log.info("slack reply refused", ticket=ticket_id, code=err.code)
-                await tell(f"Not sent to the patient. {EXPLAIN.get(err.code, '')}".strip())
+                await tell(f"Not sent to the patient. {REFUSALS.get(err.code, '')}".strip())
                 return
             log.info("slack reply relayed", ticket=ticket_id, agent=user)
         elif ticket.status is TicketStatus.CLAIMED:

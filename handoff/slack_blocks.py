@@ -1,5 +1,6 @@
 """What patientbot shows in Slack: the ticket note (Block Kit), relayed patient messages, and
-escalation notices. Pure functions of (ticket, config, time): no I/O, easy to test.
+escalation notices. Pure functions of (ticket, config, time): no I/O (a warning is logged
+when a configured name is too long to offer in a menu), easy to test.
 
 Minimum necessary: a note shows only the fields of `agents.yml slack.note_fields`, in that
 order (fields carrying PHI need `phi_capable`, enforced when the config loads); fallback
@@ -17,11 +18,15 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import structlog
+
 from bot.agent_config import SlackConfig
 from bot.config import Config
-from handoff.desk import OUTCOMES, RETURNED_TO_BOT, desk_url
+from handoff.desk import OUTCOMES, RETURNED_TO_BOT, contact_reason, desk_url, waiting_time
 from handoff.escalation import callback_due
 from handoff.tickets import HandoffTicket, Priority, TicketStatus
+
+log = structlog.get_logger("patientbot.slack")
 
 # action_id of each control on a note; buttons carry the ticket id as their value, selects
 # carry "<ticket id>|<choice>".
@@ -30,6 +35,8 @@ CLAIM, RESOLVE, RETURN, MOVE, RELABEL = ("pb_claim", "pb_resolve", "pb_return", 
 ACTIONS_BLOCK = "pb_actions"
 SEPARATOR = "|"
 MAX_OPTIONS = 100  # Block Kit's limit for a static_select
+OPTION_VALUE_LIMIT = 150  # ... and for an option's value
+OPTION_LABEL_LIMIT = 75  # ... and for its label (cut: it is only shown)
 SECTION_TEXT_LIMIT = 3000  # Block Kit's limit for a section's text
 FIELD_TEXT_LIMIT = 2000  # ... and for each of a section's fields
 FIELDS_PER_SECTION = 10
@@ -115,20 +122,12 @@ def slack_date(at: datetime, fmt: str = "{date_short_pretty} {time}") -> str:
     return f"<!date^{int(at.timestamp())}^{fmt}|{fallback}>"
 
 
-def waited(ticket: HandoffTicket, now: datetime) -> str:
-    minutes = max(0, int((now - ticket.created_at).total_seconds() // 60))
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min" if hours < 48 else f"{hours // 24} days"
-
-
 def reason(ticket: HandoffTicket) -> str:
     """The contact reason (the agents' correction wins), as a code."""
-    if ticket.corrected_intent and ticket.corrected_intent != ticket.note.contact_reason:
-        return (f"{escape(ticket.corrected_intent)} (relabelled from "
-                f"{escape(ticket.note.contact_reason)})")
-    return escape(ticket.note.contact_reason or "unclassified")
+    current, original = contact_reason(ticket)
+    if original is None:
+        return escape(current)
+    return f"{escape(current)} (relabelled from {escape(original)})"
 
 
 def lane_name(config: Config, lane: str) -> str:
@@ -240,8 +239,20 @@ def note_text(ticket: HandoffTicket, config: Config) -> str:
     return page + headline(ticket, config)
 
 
-def _option(label: str, value: str) -> dict[str, Any]:
-    return {"text": {"type": "plain_text", "text": label[:75]}, "value": value[:150]}
+def _options(action_id: str, tid: str,
+             choices: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Select options whose value is "<ticket id>|<choice>". A value over Slack's limit is
+    left out (with a warning) rather than cut: a cut value would name an unknown choice."""
+    options: list[dict[str, Any]] = []
+    for label, choice in choices:
+        value = f"{tid}{SEPARATOR}{choice}"
+        if len(value) > OPTION_VALUE_LIMIT:
+            log.warning("slack option left out: value too long", action=action_id,
+                        choice=choice, limit=OPTION_VALUE_LIMIT)
+            continue
+        options.append({"text": {"type": "plain_text", "text": label[:OPTION_LABEL_LIMIT]},
+                        "value": value})
+    return options
 
 
 def _select(action_id: str, placeholder: str, options: list[dict[str, Any]]) -> dict[str, Any]:
@@ -257,8 +268,8 @@ def controls(ticket: HandoffTicket, config: Config) -> dict[str, Any]:
     if ticket.status is TicketStatus.OPEN:
         elements.append({"type": "button", "action_id": CLAIM, "style": "primary",
                          "text": {"type": "plain_text", "text": "Claim"}, "value": tid})
-    elements.append(_select(RESOLVE, "Resolve as…", [
-        _option(OUTCOME_LABELS[code], f"{tid}{SEPARATOR}{code}") for code in OUTCOMES]))
+    elements.append(_select(RESOLVE, "Resolve as…", _options(
+        RESOLVE, tid, [(OUTCOME_LABELS[code], code) for code in OUTCOMES])))
     elements.append({"type": "button", "action_id": RETURN, "value": tid,
                      "text": {"type": "plain_text", "text": "Return to bot"},
                      "confirm": {"title": {"type": "plain_text", "text": "Return to the bot?"},
@@ -267,13 +278,13 @@ def controls(ticket: HandoffTicket, config: Config) -> dict[str, Any]:
                                                   "the patient again."},
                                  "confirm": {"type": "plain_text", "text": "Return"},
                                  "deny": {"type": "plain_text", "text": "Cancel"}}})
-    lanes = [_option(queue.display_name, f"{tid}{SEPARATOR}{lane}")
-             for lane, queue in config.queues.items() if lane != ticket.lane]
+    lanes = _options(MOVE, tid, [(queue.display_name, lane)
+                                 for lane, queue in config.queues.items() if lane != ticket.lane])
     if lanes:
         elements.append(_select(MOVE, "Move to lane…", lanes))
     current = ticket.corrected_intent or ticket.note.contact_reason
-    intents = [_option(name, f"{tid}{SEPARATOR}{name}") for name in config.intents
-               if name != current]
+    intents = _options(RELABEL, tid, [(name, name) for name in config.intents
+                                      if name != current])
     if intents:
         elements.append(_select(RELABEL, "Relabel reason…", intents))
     return {"type": "actions", "block_id": ACTIONS_BLOCK, "elements": elements}
@@ -317,7 +328,7 @@ def attachments_notice(count: str) -> str:
 # --- escalation notices: ticket id, reason, urgency, waiting time, desk link -----------------
 def _facts(ticket: HandoffTicket, config: Config, now: datetime) -> str:
     return (f"`{escape(ticket.id)}` · {lane_name(config, ticket.lane)} · {reason(ticket)} · "
-            f"{URGENCY[ticket.priority]} · waiting {waited(ticket, now)} · "
+            f"{URGENCY[ticket.priority]} · waiting {waiting_time(ticket.created_at, now)} · "
             f"<{desk_url(config, ticket.id)}|open in the web desk>")
 
 

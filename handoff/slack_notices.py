@@ -3,7 +3,9 @@
 Notices are minimum-necessary whatever `phi_capable` says: ticket id, lane, reason
 category, urgency, waiting time and a link to the web desk. People are mentioned through
 `agents.yml slack.staff` (staff role -> U.../S...); a role without a mapping is named in
-text. A failed Slack call raises, so the sweeper fires the step again after its lease.
+text. A notice for a note that is gone (or whose channel is) goes to the lane's channel, then
+to the default channel; any other failed Slack call raises, so the sweeper fires the step
+again after its lease.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from handoff.slack_blocks import (
     renotify_text,
     supervisor_text,
 )
-from handoff.slack_sync import SlackSync, SlackWeb
+from handoff.slack_sync import CHANNEL_ERRORS, GONE, SlackCallError, SlackSync, SlackWeb
 from handoff.tickets import HandoffTicket
 
 log = structlog.get_logger("patientbot.slack")
@@ -50,14 +52,33 @@ class SlackNotifier:
         note is not posted (yet)."""
         record = await self._sync.record(ticket.id)
         if record is not None:
-            await self._web.post(record.channel, text, thread_ts=record.ts, broadcast=True)
-        else:
-            await self._web.post(self._settings.channel_for(ticket.lane), text)
+            try:
+                await self._web.post(record.channel, text, thread_ts=record.ts,
+                                     broadcast=True)
+                return
+            except SlackCallError as err:
+                if err.code not in GONE | CHANNEL_ERRORS:
+                    raise
+                log.warning("slack note gone; notice posted in the channel", ticket=ticket.id,
+                            code=err.code)
+        await self._post(self._settings.channel_for(ticket.lane), text)
 
     async def _to_channel(self, ticket: HandoffTicket, role: str, text: str) -> None:
         channel = self._settings.staff_channels.get(role) or \
             self._settings.channel_for(ticket.lane)
-        await self._web.post(channel, text)
+        await self._post(channel, text)
+
+    async def _post(self, channel: str, text: str) -> None:
+        """In `channel`, else in the default channel if `channel` cannot be used."""
+        try:
+            await self._web.post(channel, text)
+        except SlackCallError as err:
+            fallback = self._settings.default_channel
+            if err.code not in CHANNEL_ERRORS or not fallback or fallback == channel:
+                raise
+            log.warning("slack channel unusable; notice posted in the default channel",
+                        code=err.code)
+            await self._web.post(fallback, text)
 
     async def renotify(self, ticket: HandoffTicket, *, owner: str) -> None:
         await self._in_thread(ticket, renotify_text(ticket, self._config, self._clock(),

@@ -11,9 +11,17 @@ PHI-capable workspace, relays the patient's new messages to a claimed ticket's t
 What it remembers (store kv, ids only in key names, values sealed by the store):
 ``slack-ticket/<ticket id>`` the note's channel, ts, lane, rendered revision and digest, and
 the transcript index relayed so far; ``slack-thread/<channel>.<ts>`` -> ticket id, for thread
-replies; ``slack-live/tickets`` the ids with notes that are not final yet (resolved tickets
-leave the lanes, so this is how their last update is not missed; one record is plenty at
-clinic scale).
+replies; ``slack-live/tickets`` the round's state (`SweepState`): the ids with notes that are
+not final yet (resolved tickets leave the lanes, so this is how their last update is not
+missed), the tickets backing off after failures, and where a cut-short round stopped. It is
+written under the sweep lock after each change, so a round cut short loses nothing; one
+record is plenty at clinic scale.
+
+Failures: a ticket whose note fails is retried with exponential backoff (one warning per
+try), so it neither floods the log nor eats the rate limit of the others. A note that is
+gone (deleted) is posted anew; a lane channel that cannot be used (archived, not found, the
+app not in it) falls back to `default_channel`. A round stops at its time budget, well
+within the sweep lock's expiry, and the next one resumes where it stopped.
 
 Posting is at least once: a process that dies between chat.postMessage and writing the
 record posts the note again on the next round. Everything else is idempotent.
@@ -24,9 +32,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from datetime import datetime
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -56,6 +65,14 @@ log = structlog.get_logger("patientbot.slack")
 TICKET_NS, THREAD_NS, LIVE_NS, LIVE_ITEM = "slack-ticket", "slack-thread", "slack-live", "tickets"
 SWEEP_LOCK = "slack-sync"
 ATTACHMENTS_EVENT = "attachments_not_opened:"
+BACKOFF_FIRST, BACKOFF_CAP = 10.0, 600.0  # seconds before a failed ticket is tried again
+# Slack's codes for a note (or its thread) that is no longer there to update or reply to.
+GONE = frozenset({"message_not_found", "thread_not_found", "cant_update_message"})
+# ... and for a channel patientbot cannot post in (any more).
+CHANNEL_ERRORS = frozenset({"channel_not_found", "is_archived", "not_in_channel",
+                            "restricted_action", "restricted_action_read_only_channel",
+                            "restricted_action_thread_only_channel", "team_access_not_granted",
+                            "ekm_access_denied"})
 
 
 class SlackCallError(PatientbotError):
@@ -75,6 +92,14 @@ class SlackWeb:
     def __init__(self, client: AsyncWebClient) -> None:
         self.client = client
         self.calls = 0
+        self._team: str | None = None
+
+    async def team(self) -> str:
+        """Our workspace's id (auth.test), asked once per process."""
+        if self._team is None:
+            response = await self._call("auth.test", self.client.auth_test())
+            self._team = str(response.get("team_id") or "")
+        return self._team
 
     async def post(self, channel: str, text: str, *, blocks: list[dict[str, Any]] | None = None,
                    thread_ts: str | None = None, broadcast: bool = False) -> str:
@@ -129,6 +154,50 @@ def digest(text: str, blocks: list[dict[str, Any]]) -> str:
     return hashlib.sha256(json.dumps([text, blocks], sort_keys=True).encode()).hexdigest()
 
 
+@dataclass
+class SweepState:
+    """What the rounds remember between them (``slack-live/tickets``)."""
+
+    ids: list[str] = field(default_factory=list)  # tickets whose notes are not final yet
+    # ticket id -> {"failures": n, "next": ISO time of the next try, "code": last error}
+    retry: dict[str, dict[str, Any]] = field(default_factory=dict)
+    resume: str | None = None  # where a cut-short round stopped: the next one starts there
+
+    def due(self, ticket_id: str, now: datetime) -> bool:
+        entry = self.retry.get(ticket_id)
+        return entry is None or datetime.fromisoformat(entry["next"]) <= now
+
+    def failed(self, ticket_id: str, code: str, now: datetime) -> tuple[int, float]:
+        """Count a failure; returns (failures so far, seconds until the next try)."""
+        failures = self.retry.get(ticket_id, {}).get("failures", 0) + 1
+        delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (failures - 1))
+        self.retry[ticket_id] = {"failures": failures, "code": code,
+                                 "next": (now + timedelta(seconds=delay)).isoformat()}
+        return failures, delay
+
+    def synced(self, ticket_id: str, watching: bool) -> bool:
+        """A ticket's note is up to date; returns whether anything changed."""
+        changed = self.retry.pop(ticket_id, None) is not None
+        if watching and ticket_id not in self.ids:
+            self.ids.append(ticket_id)
+            changed = True
+        elif not watching and ticket_id in self.ids:
+            self.ids.remove(ticket_id)
+            changed = True
+        return changed
+
+    def forget_all_but(self, ticket_ids: list[str]) -> None:
+        """Backoff of tickets no longer synced (closed before they were shown, expired)."""
+        self.retry = {key: value for key, value in self.retry.items() if key in ticket_ids}
+
+
+def _rotated(ticket_ids: list[str], first: str | None) -> list[str]:
+    if first not in ticket_ids:
+        return ticket_ids
+    index = ticket_ids.index(first)
+    return ticket_ids[index:] + ticket_ids[:index]
+
+
 class SlackSync:
     def __init__(self, config: Config, *, desk: AgentDesk, store: Store, audit: AuditLog,
                  web: SlackWeb, clock: Callable[[], datetime]) -> None:
@@ -142,6 +211,8 @@ class SlackSync:
         self._retention = config.app.limits.retention_days * 86400.0
         # Long enough for a round of slow calls; a holder that dies frees it after this.
         self._lock_ttl = max(60.0, 6 * self._settings.timeout_seconds)
+        # A round stops starting tickets after this, so the lock never expires mid-round.
+        self.round_budget = self._lock_ttl / 3
         self._phi_note = any(name in PHI_NOTE_FIELDS for name in self._settings.note_fields)
 
     # --- records ---------------------------------------------------------------------------
@@ -167,30 +238,56 @@ class SlackSync:
             return 0
         return self._web.calls - before
 
+    async def _state(self) -> SweepState:
+        value = await self._store.kv_get(LIVE_NS, LIVE_ITEM)
+        return SweepState(**value) if value else SweepState()
+
+    async def _save_state(self, state: SweepState) -> None:
+        await self._store.kv_set(LIVE_NS, LIVE_ITEM, asdict(state), ttl=self._retention)
+
     async def _round(self) -> None:
-        live = (await self._store.kv_get(LIVE_NS, LIVE_ITEM) or {}).get("ids", [])
+        deadline = time.monotonic() + self.round_budget
+        state = await self._state()
         found: list[str] = []
         for lane in self._config.queues:
             found.extend(ticket.id for ticket in await self._desk.open_tickets(lane))
-        keep: list[str] = []
-        pending = list(dict.fromkeys([*found, *live]))
-        for index, ticket_id in enumerate(pending):
+        # Serving order (emergencies first), but a cut-short round's successor resumes
+        # where it stopped, so tickets late in the order are not starved.
+        pending = _rotated(list(dict.fromkeys([*found, *state.ids])), state.resume)
+        now = self._clock()
+        due = [ticket_id for ticket_id in pending if state.due(ticket_id, now)]
+        state.resume = None
+        for index, ticket_id in enumerate(due):
+            if index and time.monotonic() >= deadline:
+                state.resume = ticket_id
+                log.warning("slack sync round stopped at its time budget",
+                            left=len(due) - index)
+                break
             try:
-                if await self.sync(ticket_id, wait=0):
-                    keep.append(ticket_id)
+                watching = await self.sync(ticket_id, wait=0)
             except LockTimeout:  # an action is syncing it right now
-                keep.append(ticket_id)
+                continue
             except SlackCallError as err:
-                log.error("slack sync failed", ticket=ticket_id, method=err.method,
-                          code=err.code)
-                if err.unavailable:  # try this one and the rest next round
-                    keep.extend(pending[index:])
+                if err.unavailable:  # this one and the rest next round
+                    state.resume = ticket_id
+                    log.warning("slack unavailable; sync resumes next round",
+                                method=err.method, code=err.code)
                     break
-                keep.append(ticket_id)
+                failures, delay = state.failed(ticket_id, err.code, self._clock())
+                log.warning("slack sync failed; retrying later", ticket=ticket_id,
+                            method=err.method, code=err.code, failures=failures,
+                            retry_in=delay)
             except Exception as err:  # one bad ticket must not stall every other note
-                log.error("slack sync failed", ticket=ticket_id, error_type=type(err).__name__)
-                keep.append(ticket_id)
-        await self._store.kv_set(LIVE_NS, LIVE_ITEM, {"ids": keep}, ttl=self._retention)
+                failures, delay = state.failed(ticket_id, type(err).__name__, self._clock())
+                log.error("slack sync failed; retrying later", ticket=ticket_id,
+                          error_type=type(err).__name__, failures=failures, retry_in=delay)
+            else:
+                if not state.synced(ticket_id, watching):
+                    continue
+            await self._save_state(state)  # at once: this round may not get to its end
+        else:
+            state.forget_all_but(pending)
+        await self._save_state(state)
 
     async def sync(self, ticket_id: str, *, wait: float) -> bool:
         """Bring one ticket's note up to date (under its own lock, waiting up to `wait`
@@ -211,13 +308,37 @@ class SlackSync:
             record = await self._post(ticket)
         else:
             channel = self._settings.channel_for(ticket.lane)
-            if not resolved and ticket.lane != record.lane and channel != record.channel:
-                record = await self._repost(ticket, record, channel)
-            elif ticket.revision != record.revision or ticket.lane != record.lane:
-                await self._update(ticket, record)
+            try:
+                if not resolved and ticket.lane != record.lane and channel != record.channel:
+                    record = await self._repost(ticket, record, channel)
+                elif ticket.revision != record.revision or ticket.lane != record.lane:
+                    await self._update(ticket, record)
+            except SlackCallError as err:
+                if err.code not in GONE | CHANNEL_ERRORS:
+                    raise
+                if resolved:  # nowhere to show that it closed, and nothing left to do
+                    log.warning("slack note gone; ticket closed", ticket=ticket.id,
+                                code=err.code)
+                    await self._store.kv_delete(TICKET_NS, ticket.id)
+                    return False
+                record = await self._post_anew(ticket, record, err)
         if self._settings.phi_capable and ticket.status is TicketStatus.CLAIMED:
-            await self._relay(ticket, record)
+            try:
+                await self._relay(ticket, record)
+            except SlackCallError as err:
+                if err.code not in GONE | CHANNEL_ERRORS:
+                    raise
+                # The owner must not silently stop hearing from the patient.
+                await self._relay(ticket, await self._post_anew(ticket, record, err))
         return not resolved
+
+    async def _post_anew(self, ticket: HandoffTicket, old: NoteRecord,
+                         err: SlackCallError) -> NoteRecord:
+        """The note (or its channel) is gone: a new note, whose fresh thread gets the
+        patient's messages again from the start."""
+        log.warning("slack note gone; posting it anew", ticket=ticket.id, method=err.method,
+                    code=err.code)
+        return await self._post(ticket, start=old.start)
 
     # --- notes -----------------------------------------------------------------------------
     async def _disclose(self, ticket: HandoffTicket, ref: str) -> None:
@@ -233,7 +354,16 @@ class SlackSync:
             start = await self._start_index(ticket)
         if self._phi_note:
             await self._disclose(ticket, "note")
-        ts = await self._web.post(channel, text, blocks=blocks)
+        try:
+            ts = await self._web.post(channel, text, blocks=blocks)
+        except SlackCallError as err:
+            fallback = self._settings.default_channel
+            if err.code not in CHANNEL_ERRORS or not fallback or fallback == channel:
+                raise
+            log.warning("slack lane channel unusable; note posted in the default channel",
+                        ticket=ticket.id, lane=ticket.lane, code=err.code)
+            channel = fallback
+            ts = await self._web.post(channel, text, blocks=blocks)
         record = NoteRecord(channel=channel, ts=ts, lane=ticket.lane, revision=ticket.revision,
                             digest=digest(text, blocks), start=start, relayed=start)
         await self._save(ticket.id, record)
@@ -262,7 +392,7 @@ class SlackSync:
             await self._web.update(old.channel, old.ts, moved_text(ticket, self._config),
                                    moved_blocks(ticket, self._config, channel))
         except SlackCallError as err:  # best effort: its controls still act on the ticket
-            log.error("slack old note not updated", ticket=ticket.id, code=err.code)
+            log.warning("slack old note not updated", ticket=ticket.id, code=err.code)
         return record
 
     # --- relaying the patient's messages ---------------------------------------------------

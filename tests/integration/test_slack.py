@@ -16,15 +16,18 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from slack_bolt.async_app import AsyncBoltRequest
+from structlog.testing import capture_logs
 
 from bot.config import Config, load_config
 from bot.decision import FrontDeskHandoff
-from bot.envelopes import Inbound
+from bot.envelopes import Inbound, Outbound
 from bot.runtime import Runtime
 from bot.session import SessionState
 from bot.settings import Settings
-from handoff.desk import desk_url
-from handoff.slack import SlackAgents
+from channels.base import channel_text
+from handoff.desk import REFUSALS, desk_url
+from handoff.slack import EVENT_NS, SlackAgents
 from handoff.slack_blocks import CLAIM, MOVE, RELABEL, RESOLVE, RETURN
 from handoff.slack_sync import LIVE_ITEM, LIVE_NS, NoteRecord
 from handoff.tickets import HandoffTicket, Priority, TicketStatus
@@ -32,6 +35,10 @@ from tests.conftest import serve_app
 from tests.integration.test_desk import hand_off, patient_writes, session_of
 from tests.integration.test_escalation import sweep_at, ticket_with
 from tests.integration.test_pipeline import mailbox, portal_message
+from tests.integration.test_sms import ACCOUNT as TWILIO_ACCOUNT
+from tests.integration.test_sms import PATIENT as SMS_PATIENT
+from tests.integration.test_sms import TOKEN as TWILIO_TOKEN
+from tests.integration.test_sms import configure as configure_sms
 from tests.support.doubles import START, Clock, RecordingSms
 from tests.support.slack_api import (
     APP_TOKEN,
@@ -39,6 +46,7 @@ from tests.support.slack_api import (
     BOT_TOKEN,
     BOT_USER,
     SIGNING_SECRET,
+    TEAM,
     FakeSlackAPI,
     FakeSocketMode,
     action_body,
@@ -46,6 +54,7 @@ from tests.support.slack_api import (
     message_event,
     signed_headers,
 )
+from tests.support.twilio_api import FakeTwilio
 
 SECRETS = {"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET}
 FRONT, SCHED, CLINIC, BACKUP = "C0FRONT", "C0SCHED", "C0CLINIC", "C0BACKUP"
@@ -99,23 +108,29 @@ class Harness:
         return await self.http.post("/slack/events", content=body, headers={
             **signed_headers(body, content_type=content_type), **headers})
 
-    async def click(self, action_id: str, value: str, *, user: str,
-                    select: bool = False) -> httpx.Response:
+    async def click(self, action_id: str, value: str, *, user: str, select: bool = False,
+                    team: str = TEAM) -> httpx.Response:
         record = await self.note(value.split("|")[0])
         response = await self.send(action_body(action_id, value, user=user,
                                                 channel=record.channel, message_ts=record.ts,
-                                                select=select), FORM)
+                                                select=select, team=team), FORM)
         assert response.status_code == 200, response.text
+        await self.slack.idle()  # the click is answered at once and worked in the background
         return response
 
     async def reply(self, ticket_id: str, text: str, *, user: str, event_id: str,
-                    **headers: str) -> httpx.Response:
+                    user_team: str | None = None, **headers: str) -> httpx.Response:
         record = await self.note(ticket_id)
         body = message_event(text, user=user, channel=record.channel, thread_ts=record.ts,
-                             event_id=event_id)
+                             event_id=event_id, user_team=user_team)
         response = await self.send(body, "application/json", **headers)
         assert response.status_code == 200, response.text
         return response
+
+
+async def live_ids(h: Harness) -> list[str]:
+    """The tickets whose notes the sweep still watches."""
+    return (await h.runtime.store.kv_get(LIVE_NS, LIVE_ITEM) or {}).get("ids", [])
 
 
 def actions(message: dict[str, Any]) -> list[str]:
@@ -139,10 +154,11 @@ async def make_harness(config_dir: Path, settings: Settings, clock: Clock,
                        slack_api: FakeSlackAPI) -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
     async with contextlib.AsyncExitStack() as stack:
         async def make(*, phi: bool = False, fields: list[str] | None = None,
-                       **extra: Any) -> Harness:
+                       secrets: dict[str, str] | None = None, **extra: Any) -> Harness:
             config = slack_config(config_dir, slack_api.base_url, phi=phi, fields=fields,
                                   **extra)
-            runtime = Runtime.build(config, replace(settings, secrets=SECRETS),
+            runtime = Runtime.build(config, replace(settings, secrets={**SECRETS,
+                                                                       **(secrets or {})}),
                                     decision_step=FrontDeskHandoff, clock=clock)
             url = await stack.enter_async_context(serve_app(runtime))
             http = await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=10))
@@ -178,7 +194,7 @@ async def test_a_handoff_posts_one_minimum_necessary_note_with_its_controls(
     everything = h.api.everything()
     for secret in ("knee", "swollen", "1971-05-09", "Zebedee", "Quillfeather"):
         assert secret not in everything
-    assert await h.runtime.store.kv_get(LIVE_NS, LIVE_ITEM) == {"ids": [ticket.id]}
+    assert await live_ids(h) == [ticket.id]
 
 
 async def test_urgent_handoffs_page_the_on_call_group_in_their_lanes_channel(
@@ -290,18 +306,28 @@ async def test_phi_capable_thread_relays_both_ways_and_others_write_internal_not
     assert {"slack.disclosed", "agent.reply"} <= actions_audited
 
 
-async def test_the_owners_thread_reply_reaches_an_sms_patient(make_harness) -> None:
-    h = await make_harness(phi=True)
-    sms = RecordingSms()
-    h.runtime.channels.register(sms)
-    await patient_writes(h.runtime, Inbound(channel="sms", sender="+16175550123",
-                                            provider_message_id="SMin1", text="call me"))
-    [ticket] = await h.runtime.desk.open_tickets("front_desk")
-    await h.sweep()
-    await h.click(CLAIM, ticket.id, user="U0OWNER")
-    await h.reply(ticket.id, "We will call you at 2pm.", user="U0OWNER", event_id="Ev0SMS1")
-    assert [(m.channel, m.recipient, m.text) for m in sms.sent][-1] == \
-        ("sms", "+16175550123", "We will call you at 2pm.")
+@pytest.mark.parametrize("phi_allowed", [False, True])
+async def test_the_owners_thread_reply_reaches_an_sms_patient_as_far_as_sms_may_carry_phi(
+        make_harness, config_dir: Path, phi_allowed: bool) -> None:
+    # The real SMS channel against a local Twilio: an agent's words may be PHI, so they
+    # reach an SMS patient only where channels.yml lets SMS carry PHI; else a portal pointer.
+    with FakeTwilio(TWILIO_ACCOUNT, TWILIO_TOKEN) as twilio:
+        configure_sms(config_dir, twilio.url, limits={}, sms={"phi_allowed": phi_allowed})
+        h = await make_harness(phi=True, secrets={"TWILIO_AUTH_TOKEN": TWILIO_TOKEN})
+        await patient_writes(h.runtime, Inbound(channel="sms", sender=SMS_PATIENT,
+                                                provider_message_id="SMin1", text="call me"))
+        [ticket] = await h.runtime.desk.open_tickets("front_desk")
+        await h.sweep()
+        await h.click(CLAIM, ticket.id, user="U0OWNER")
+        guide = h.api.ephemerals("U0OWNER")[-1]["text"]
+        assert ("as a link to the patient portal" in guide) is not phi_allowed
+        await h.reply(ticket.id, "Your visit with Dr Quill is on Tuesday at 9:00.",
+                      user="U0OWNER", event_id="Ev0SMS1")
+        expected = "Your visit with Dr Quill is on Tuesday at 9:00." if phi_allowed \
+            else channel_text(h.runtime.config, "phi_redirect", "en")
+        assert twilio.bodies(SMS_PATIENT)[-1] == expected
+        if not phi_allowed:
+            assert "Dr Quill" not in json.dumps(twilio.messages)
 
 
 async def test_without_phi_nothing_is_relayed_and_thread_replies_point_to_the_web_desk(
@@ -360,7 +386,7 @@ async def test_resolve_sends_the_closing_template_and_the_note_loses_its_control
     await h.click(CLAIM, ticket.id, user="U0OWNER")
     await h.click(RESOLVE, f"{ticket.id}|callback_done", user="U0OTHER", select=True)
     [refused] = h.api.ephemerals("U0OTHER")
-    assert "Another agent has claimed this ticket" in refused["text"]
+    assert refused["text"] == REFUSALS["not_owner"]
     await h.click(RESOLVE, f"{ticket.id}|callback_done", user="U0OWNER", select=True)
     stored = await h.runtime.store.get_ticket(ticket.id)
     assert (stored.status, stored.outcome) == (TicketStatus.RESOLVED, "callback_done")
@@ -369,7 +395,7 @@ async def test_resolve_sends_the_closing_template_and_the_note_loses_its_control
     assert actions(note) == [] and "Callback done* by" not in shown(note)
     assert "Closed*: Callback done by <@U0OWNER>" in shown(note)
     assert await h.sweep() == 0
-    assert await h.runtime.store.kv_get(LIVE_NS, LIVE_ITEM) == {"ids": []}
+    assert await live_ids(h) == []
 
 
 async def test_return_to_bot_reactivates_the_conversation(make_harness) -> None:
@@ -457,7 +483,7 @@ async def test_a_failing_slack_leaves_the_note_to_the_next_round_and_fails_the_n
     assert await h.slack.sync.record(ticket.id) is None
     assert await h.sweep() == 1
     assert len(h.api.posts()) == 1
-    h.api.fail("chat.postMessage", "channel_not_found")
+    h.api.fail("chat.postMessage", "fatal_error")
     sla = timedelta(minutes=config.queues["front_desk"].ack_sla_minutes)
     assert await sweep_at(h.runtime, clock, START + sla) == 0  # retried after its lease
     assert (await h.runtime.store.get_ticket(ticket.id)).escalation_stage == 0
@@ -502,6 +528,7 @@ async def test_socket_mode_claims_over_the_websocket_without_an_http_route(
         record = await runtime.slack.sync.record(ticket.id)
         await slack_api.socket.push("interactive", action_payload(
             CLAIM, ticket.id, user="U0AGENT1", channel=record.channel, message_ts=record.ts))
+        await runtime.slack.idle()
         assert (await runtime.store.get_ticket(ticket.id)).claimed_by == "U0AGENT1"
         note = slack_api.message(record.channel, record.ts)
         assert "Claimed* by <@U0AGENT1>" in shown(note)
@@ -509,3 +536,303 @@ async def test_socket_mode_claims_over_the_websocket_without_an_http_route(
         await runtime.close()  # stops Slack too
         await runtime.slack.stop()  # idempotent
         await slack_api.socket.stop()
+
+
+# --- answering Slack in time, and events processed exactly once ------------------------------
+RETRY = {"x-slack-retry-num": "1", "x-slack-retry-reason": "http_timeout"}
+
+
+async def until(check: Callable[[], Awaitable[bool]], *, timeout: float = 5) -> None:
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.01)
+
+
+async def dispatch(h: Harness, body: str) -> None:
+    """An event handed to the app as the endpoint hands it over once verified (so that a
+    test can cancel it the way the request deadline does)."""
+    await h.slack.app.async_dispatch(AsyncBoltRequest(
+        body=body, headers={"content-type": "application/json"}))
+
+
+class GatedSms(RecordingSms):
+    """The SMS provider edge, whose sends wait while `gate` is closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.waiting = 0
+
+    async def send(self, message: Outbound) -> str | None:
+        self.waiting += 1
+        try:
+            await self.gate.wait()
+        finally:
+            self.waiting -= 1
+        return await super().send(message)
+
+
+async def test_a_click_is_answered_at_once_and_worked_in_the_background(make_harness) -> None:
+    h = await make_harness()
+    ticket = await posted_ticket(h)
+    record = await h.note(ticket.id)
+    body = action_body(RESOLVE, f"{ticket.id}|resolved", user="U0AGENT1",
+                       channel=record.channel, message_ts=record.ts, select=True)
+    # The patient's own turn holds the conversation: resolving has to wait for it.
+    async with h.runtime.store.lock(ticket.conversation_id, ttl=30, timeout=1):
+        response = await asyncio.wait_for(h.send(body, FORM), 2)  # Slack allows 3 s
+        assert response.status_code == 200
+        assert (await h.runtime.store.get_ticket(ticket.id)).status is TicketStatus.OPEN
+    await h.slack.idle()
+    assert (await h.runtime.store.get_ticket(ticket.id)).status is TicketStatus.RESOLVED
+    assert "Closed*: Resolved by <@U0AGENT1>" in shown(await h.message(ticket.id))
+
+
+async def test_stop_cancels_background_work_that_does_not_finish_in_time(make_harness) -> None:
+    h = await make_harness()
+    ticket = await posted_ticket(h)
+    record = await h.note(ticket.id)
+    body = action_body(RETURN, ticket.id, user="U0AGENT1", channel=record.channel,
+                       message_ts=record.ts)
+    async with h.runtime.store.lock(ticket.conversation_id, ttl=30, timeout=1):
+        assert (await h.send(body, FORM)).status_code == 200
+        with capture_logs() as logs:
+            await asyncio.wait_for(h.slack.stop(grace=0.1), 2)
+        await asyncio.wait_for(h.slack.idle(), 1)  # nothing left running
+    assert (await h.runtime.store.get_ticket(ticket.id)).status is TicketStatus.OPEN
+    assert [e["event"] for e in logs] == ["slack background work cancelled at shutdown"]
+
+
+async def test_a_reply_cut_short_by_the_request_deadline_is_sent_on_slacks_retry(
+        make_harness) -> None:
+    h = await make_harness(phi=True)
+    ticket = await posted_ticket(h)
+    await h.click(CLAIM, ticket.id, user="U0OWNER")
+    record = await h.note(ticket.id)
+    body = message_event("See you Friday", user="U0OWNER", channel=record.channel,
+                         thread_ts=record.ts, event_id="Ev0CUT")
+    before = len(await mailbox(h.runtime))
+
+    async def marked() -> bool:
+        return await h.runtime.store.kv_get(EVENT_NS, "Ev0CUT") is not None
+
+    async with h.runtime.store.lock(ticket.conversation_id, ttl=30, timeout=1):
+        first = asyncio.create_task(dispatch(h, body))
+        await until(marked)
+        # Slack's retry while the first attempt still runs: "not now", so Slack tries later.
+        busy = await h.http.post("/slack/events", content=body, headers={
+            **signed_headers(body, content_type="application/json"), **RETRY})
+        assert busy.status_code == 503
+        first.cancel()  # what the request deadline does
+        with pytest.raises(asyncio.CancelledError):
+            await first
+    assert not await marked()
+    assert len(await mailbox(h.runtime)) == before
+    await h.reply(ticket.id, "See you Friday", user="U0OWNER", event_id="Ev0CUT", **RETRY)
+    await h.reply(ticket.id, "See you Friday", user="U0OWNER", event_id="Ev0CUT", **RETRY)
+    assert (await mailbox(h.runtime))[before:] == ["See you Friday"]
+
+
+async def test_a_reply_committed_before_the_deadline_is_not_sent_again_on_retry(
+        make_harness) -> None:
+    h = await make_harness(phi=True)
+    sms = GatedSms()
+    h.runtime.channels.register(sms)
+    await patient_writes(h.runtime, Inbound(channel="sms", sender="+16175550123",
+                                            provider_message_id="SMin1", text="call me"))
+    [ticket] = await h.runtime.desk.open_tickets("front_desk")
+    await h.sweep()
+    await h.click(CLAIM, ticket.id, user="U0OWNER")
+    record = await h.note(ticket.id)
+    body = message_event("We will call you at 2pm.", user="U0OWNER", channel=record.channel,
+                         thread_ts=record.ts, event_id="Ev0SENT")
+    sms.gate.clear()
+    first = asyncio.create_task(dispatch(h, body))
+
+    async def sending() -> bool:
+        return sms.waiting == 1
+
+    await until(sending)  # committed, being handed to the provider
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    sms.gate.set()
+    await h.reply(ticket.id, "We will call you at 2pm.", user="U0OWNER", event_id="Ev0SENT",
+                  **RETRY)
+    stored = await h.runtime.store.get_ticket(ticket.id)
+    assert [e.action for e in stored.history].count("reply") == 1
+    replies = [e for e in await h.runtime.store.transcript(ticket.conversation_id)
+               if e.actor == "agent:U0OWNER"]
+    assert [e.text for e in replies] == ["We will call you at 2pm."]
+    # Not sent twice: the outbox sends the committed reply once its lease ends.
+    assert "We will call you at 2pm." not in [m.text for m in sms.sent]
+
+
+# --- who may act -----------------------------------------------------------------------------
+async def test_unsigned_or_unreadable_requests_are_refused_before_anything_is_parsed(
+        make_harness) -> None:
+    h = await make_harness()
+    ticket = await posted_ticket(h)
+    calls = len(h.api.calls)
+    json_type = "application/json"
+    unreadable = [(b"\xff\xfe{not utf-8", json_type), (b"{not json", json_type),
+                  (b"[1, 2]", json_type), (b"null", json_type), (b"payload=%7Bnope", FORM),
+                  (b"payload=%5B1%5D", FORM), (b"payload=\xff", FORM)]
+    with capture_logs() as logs:
+        for body, content_type in unreadable:
+            unsigned = await h.http.post("/slack/events", content=body,
+                                         headers={"content-type": content_type})
+            assert unsigned.status_code == 401
+            signed = await h.http.post("/slack/events", content=body, headers=signed_headers(
+                body, content_type=content_type))
+            # Slack signs UTF-8 only: bytes that are not cannot carry its signature.
+            assert signed.status_code == (401 if b"\xff" in body else 400), body
+        odd_stamp = {**signed_headers(b"{}", content_type="application/json"),
+                     "x-slack-request-timestamp": "soon"}
+        response = await h.http.post("/slack/events", content=b"{}", headers=odd_stamp)
+        assert response.status_code == 401
+    assert {e["log_level"] for e in logs} == {"warning"}
+    assert {e["event"] for e in logs} == {"slack request refused"}
+    stored = await h.runtime.store.get_ticket(ticket.id)
+    assert (stored.status, stored.revision) == (TicketStatus.OPEN, 0)
+    assert len(h.api.calls) == calls
+
+
+async def test_people_from_other_workspaces_cannot_act_or_write_to_the_patient(
+        make_harness) -> None:
+    h = await make_harness(phi=True)
+    ticket = await posted_ticket(h)
+    with capture_logs() as logs:
+        await h.click(CLAIM, ticket.id, user="U0GUEST", team="T0OTHER")
+    assert (await h.runtime.store.get_ticket(ticket.id)).status is TicketStatus.OPEN
+    assert "Only members of this workspace" in h.api.ephemerals("U0GUEST")[-1]["text"]
+    [refused] = [e for e in logs if e["event"] == "slack user from another workspace refused"]
+    assert (refused["user"], refused["team"], refused["log_level"]) == \
+        ("U0GUEST", "T0OTHER", "warning")
+
+    await h.click(CLAIM, ticket.id, user="U0OWNER")
+    asked = len(h.api.calls_of("auth.test"))
+    before = await mailbox(h.runtime)
+    await h.reply(ticket.id, "From the other side", user="U0OWNER", event_id="Ev0EXT",
+                  user_team="T0OTHER")
+    assert await mailbox(h.runtime) == before
+    told = h.api.ephemerals("U0OWNER")[-1]
+    assert "Not sent to the patient" in told["text"] and "Only members" in told["text"]
+    await h.reply(ticket.id, "From here", user="U0OWNER", event_id="Ev0OURS")
+    assert (await mailbox(h.runtime))[len(before):] == ["From here"]
+    assert len(h.api.calls_of("auth.test")) == asked  # our team is asked once, remembered
+
+
+# --- notes that fail -------------------------------------------------------------------------
+async def test_a_deleted_note_is_posted_anew_and_its_claimed_thread_keeps_relaying(
+        make_harness) -> None:
+    h = await make_harness(phi=True)
+    ticket = await posted_ticket(h, "I need to move my physical")
+    old = await h.note(ticket.id)
+    h.api.delete(old.channel, old.ts)
+    await h.click(CLAIM, ticket.id, user="U0OWNER")
+    new = await h.note(ticket.id)
+    assert new.ts != old.ts and new.channel == FRONT
+    assert "Claimed* by <@U0OWNER>" in shown(await h.message(ticket.id))
+    [relayed] = h.api.posts(thread=new.ts)
+    assert "I need to move my physical" in relayed["text"]
+    assert await h.slack.sync.ticket_for_thread(FRONT, new.ts) == ticket.id
+    assert await h.sweep() == 0
+
+
+async def test_an_unusable_lane_channel_falls_back_to_the_default_channel(
+        make_harness, clock: Clock) -> None:
+    h = await make_harness()
+    h.api.archived.add(CLINIC)
+    ticket = await ticket_with(h.runtime, clock, lane="clinical")
+    with capture_logs() as logs:
+        await h.sweep()
+    record = await h.note(ticket.id)
+    assert record.channel == FRONT and ticket.id in h.api.message(FRONT, record.ts)["text"]
+    [warning] = [e for e in logs if e["log_level"] == "warning"]
+    assert (warning["event"], warning["code"], warning["lane"]) == (
+        "slack lane channel unusable; note posted in the default channel", "is_archived",
+        "clinical")
+    await h.click(CLAIM, ticket.id, user="U0AGENT1")  # and it keeps working there
+    assert "Claimed* by <@U0AGENT1>" in shown(await h.message(ticket.id))
+
+
+async def test_a_ticket_that_keeps_failing_backs_off_and_does_not_hold_up_the_others(
+        make_harness, clock: Clock) -> None:
+    h = await make_harness()
+    h.api.archived.add(FRONT)  # the default channel: nowhere to fall back to
+    stuck = await hand_off(h.runtime)
+    other = await ticket_with(h.runtime, clock, lane="scheduling", patient="P1002")
+
+    def tries() -> int:
+        return len(h.api.calls_of("chat.postMessage", ok_only=False)) - len(h.api.posts())
+
+    with capture_logs() as logs:
+        await h.sweep()
+        assert (await h.note(other.id)).channel == SCHED and tries() == 1
+        for _ in range(3):
+            await h.sweep()
+        assert tries() == 1  # not every round: backing off
+        for delay, expected in ((10, 2), (19, 2), (1, 3), (40, 4)):
+            clock.now += timedelta(seconds=delay)
+            await h.sweep()
+            assert tries() == expected, delay
+    warnings = [e for e in logs if e["event"] == "slack sync failed; retrying later"]
+    assert [(e["code"], e["failures"], e["retry_in"]) for e in warnings] == [
+        ("is_archived", 1, 10.0), ("is_archived", 2, 20.0), ("is_archived", 3, 40.0),
+        ("is_archived", 4, 80.0)]
+    assert not [e for e in logs if e["log_level"] in ("error", "critical")]
+    h.api.archived.clear()
+    clock.now += timedelta(seconds=80)
+    await h.sweep()
+    assert (await h.note(stuck.id)).channel == FRONT
+    state = await h.runtime.store.kv_get(LIVE_NS, LIVE_ITEM)
+    assert state["retry"] == {} and set(state["ids"]) == {stuck.id, other.id}
+
+
+async def test_a_note_posted_in_a_round_cut_short_still_gets_its_final_update(
+        make_harness, clock: Clock) -> None:
+    h = await make_harness()
+    first = await hand_off(h.runtime)
+    second = await ticket_with(h.runtime, clock, lane="scheduling", patient="P1002")
+    h.api.hold("chat.postMessage", after=1)
+    sweep = asyncio.create_task(h.sweep())
+    await h.api.held("chat.postMessage")
+    sweep.cancel()  # the worker's deadline
+    with pytest.raises(asyncio.CancelledError):
+        await sweep
+    h.api.release("chat.postMessage")
+    assert await live_ids(h) == [first.id]
+    await h.runtime.desk.resolve(first.id, "U0AGENT1", "resolved")
+    await h.sweep()
+    assert "Closed*: Resolved by <@U0AGENT1>" in shown(await h.message(first.id))
+    assert (await h.note(second.id)).channel == SCHED
+    assert await live_ids(h) == [second.id]
+
+
+async def test_a_round_stops_at_its_time_budget_and_the_next_one_resumes_there(
+        make_harness) -> None:
+    h = await make_harness()
+    tickets = [await hand_off(h.runtime, patient=patient)
+               for patient in ("P1001", "P1002", "P1003")]
+    h.slack.sync.round_budget = 0  # every round stops after its first ticket
+    for done in range(1, 4):
+        assert await h.sweep() == 1
+        posted = [t.id for t in tickets if await h.slack.sync.record(t.id) is not None]
+        assert len(posted) == done
+    assert await h.sweep() == 0
+    assert sorted(await live_ids(h)) == sorted(t.id for t in tickets)
+
+
+async def test_an_escalation_notice_for_a_deleted_note_goes_to_the_lanes_channel(
+        make_harness, clock: Clock, config: Config) -> None:
+    h = await make_harness()
+    ticket = await posted_ticket(h)
+    record = await h.note(ticket.id)
+    h.api.delete(record.channel, record.ts)
+    h.api.fail("chat.postMessage", "thread_not_found")  # the thread went with its note
+    sla = timedelta(minutes=config.queues["front_desk"].ack_sla_minutes)
+    assert await sweep_at(h.runtime, clock, START + sla) == 1
+    notice = h.api.posts(FRONT, top_level=True)[-1]
+    assert "<@U0LEAD>" in notice["text"] and ticket.id in notice["text"]

@@ -5,7 +5,8 @@ token and JSON or form parameters, answering HTTP 200 with `{"ok": true, ...}` o
 `{"ok": false, "error": "<code>"}`. It checks the token, keeps the messages it was sent
 (so a test can read a note as it stands after chat.update, or a thread), checks the Block
 Kit limits patientbot could hit, records every call and can fail the next calls of a
-method. Driven by the real slack_sdk `AsyncWebClient` (`base_url=api.base_url`).
+method, archive a channel, delete a message or hold a method's calls until released.
+Driven by the real slack_sdk `AsyncWebClient` (`base_url=api.base_url`).
 
 Helpers also build what Slack sends to the app: signed requests (the v0 signature of
 https://api.slack.com/authentication/verifying-requests-from-slack), block_actions payloads
@@ -57,7 +58,11 @@ class FakeSlackAPI:
     messages: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     url: str = ""
     socket: FakeSocketMode | None = None  # answers apps.connections.open when set
+    archived: set[str] = field(default_factory=set)  # channels answering is_archived
     _failures: dict[str, list[str]] = field(default_factory=dict)
+    _holds: dict[str, asyncio.Event] = field(default_factory=dict)
+    _held: dict[str, int] = field(default_factory=dict)
+    _passes: dict[str, int] = field(default_factory=dict)
     _seq: itertools.count = field(default_factory=lambda: itertools.count(1))
     _http: LocalServer = field(default_factory=LocalServer)
 
@@ -69,6 +74,27 @@ class FakeSlackAPI:
     def fail(self, method: str, error: str, *, times: int = 1) -> None:
         """Answer the next `times` calls of `method` with `{"ok": false, "error": error}`."""
         self._failures.setdefault(method, []).extend([error] * times)
+
+    def delete(self, channel: str, ts: str) -> None:
+        """Someone deleted a message (chat.update on it: message_not_found)."""
+        del self.messages[channel][ts]
+
+    def hold(self, method: str, *, after: int = 0) -> None:
+        """Calls of `method` wait (unanswered) until `release(method)`; the first `after`
+        are answered as usual."""
+        self._holds[method] = asyncio.Event()
+        self._passes[method] = after
+
+    def release(self, method: str) -> None:
+        self._holds.pop(method).set()
+
+    async def held(self, method: str, count: int = 1, *, timeout: float = 10) -> None:
+        """Wait until `count` calls of `method` are waiting on a hold."""
+        deadline = time.monotonic() + timeout
+        while self._held.get(method, 0) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no held {method} call")
+            await asyncio.sleep(0.01)
 
     def calls_of(self, method: str, *, ok_only: bool = True) -> list[Call]:
         return [c for c in self.calls if c.method == method and (c.ok or not ok_only)]
@@ -121,6 +147,15 @@ class FakeSlackAPI:
         if request.headers.get("authorization") != f"Bearer {token}":
             return _error("invalid_auth")
         params = await self._params(request)
+        hold = self._holds.get(method)
+        if hold is not None and self._passes.get(method, 0) > 0:
+            self._passes[method] -= 1
+        elif hold is not None:
+            self._held[method] = self._held.get(method, 0) + 1
+            try:
+                await hold.wait()
+            finally:
+                self._held[method] -= 1
         if method == "apps.connections.open":
             self.calls.append(Call(method, params, ok=self.socket is not None))
             if self.socket is None:
@@ -137,6 +172,8 @@ class FakeSlackAPI:
             self.calls.append(Call(method, params, ok=False))
             return _error("unknown_method")
         problem = _check(method, params)
+        if not problem and params.get("channel") in self.archived:
+            problem = "is_archived"
         if method == "chat.update" and not problem and \
                 params["ts"] not in self.messages.get(params["channel"], {}):
             problem = "message_not_found"
@@ -303,15 +340,17 @@ def signed_headers(body: bytes | str, *, secret: str = SIGNING_SECRET,
 
 
 def action_body(action_id: str, value: str, *, user: str, channel: str, message_ts: str,
-                select: bool = False) -> str:
+                select: bool = False, team: str = TEAM) -> str:
     """A block_actions interaction, form-encoded as `payload=<json>` like Slack sends it."""
     return urlencode({"payload": json.dumps(action_payload(
-        action_id, value, user=user, channel=channel, message_ts=message_ts, select=select))})
+        action_id, value, user=user, channel=channel, message_ts=message_ts, select=select,
+        team=team))})
 
 
 def action_payload(action_id: str, value: str, *, user: str, channel: str, message_ts: str,
-                   select: bool = False) -> dict[str, Any]:
-    """A block_actions interaction payload (a button click or a select choice)."""
+                   select: bool = False, team: str = TEAM) -> dict[str, Any]:
+    """A block_actions interaction payload (a button click or a select choice); `team`:
+    the clicking user's workspace (another one for a guest in a shared channel)."""
     action: dict[str, Any] = {"action_id": action_id, "block_id": "pb_actions",
                               "action_ts": f"{time.time():.6f}"}
     if select:
@@ -324,7 +363,7 @@ def action_payload(action_id: str, value: str, *, user: str, channel: str, messa
     payload = {
         "type": "block_actions", "api_app_id": APP, "token": "legacy-unused",
         "team": {"id": TEAM, "domain": "clinic-test"},
-        "user": {"id": user, "username": user.lower(), "team_id": TEAM},
+        "user": {"id": user, "username": user.lower(), "team_id": team},
         "container": {"type": "message", "message_ts": message_ts, "channel_id": channel,
                       "is_ephemeral": False},
         "channel": {"id": channel, "name": "lane"},
@@ -337,14 +376,15 @@ def action_payload(action_id: str, value: str, *, user: str, channel: str, messa
 
 
 def message_event(text: str, *, user: str | None, channel: str, thread_ts: str | None,
-                  event_id: str, subtype: str | None = None,
-                  bot_id: str | None = None) -> str:
-    """An Events API `event_callback` carrying a message (a thread reply with thread_ts)."""
+                  event_id: str, subtype: str | None = None, bot_id: str | None = None,
+                  team: str = TEAM, user_team: str | None = None) -> str:
+    """An Events API `event_callback` carrying a message (a thread reply with thread_ts).
+    `user_team`: the writer's own workspace, in a channel shared with it (Slack Connect)."""
     ts = f"{time.time():.6f}"
     event: dict[str, Any] = {"type": "message", "channel": channel, "text": text, "ts": ts,
-                             "event_ts": ts, "channel_type": "channel"}
+                             "event_ts": ts, "channel_type": "channel", "team": team}
     for key, value in (("user", user), ("thread_ts", thread_ts), ("subtype", subtype),
-                       ("bot_id", bot_id)):
+                       ("bot_id", bot_id), ("user_team", user_team)):
         if value is not None:
             event[key] = value
     return json.dumps({

@@ -8,6 +8,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
+from structlog.testing import capture_logs
 
 from bot.agent_config import NOTE_FIELDS, SlackConfig
 from bot.config import Config
@@ -179,3 +180,18 @@ def test_escalation_notices_carry_only_the_minimum(config: Config) -> None:
     assert "Front &lt;desk&gt; lead" in backup
     for notice in (text, backup):
         assert "evil" not in notice and "physical" not in notice
+
+
+def test_a_menu_choice_too_long_for_slack_is_left_out_not_cut(config: Config) -> None:
+    config = with_slack(config)
+    long_lane = "l" * 140  # config validation keeps names short; a bad copy must not break
+    queues = {**config.queues, long_lane: next(iter(config.queues.values()))}
+    config = config.model_copy(update={"queues": queues})
+    with capture_logs() as logs:
+        values = [o["value"] for o in controls(config, ticket())[MOVE]["options"]]
+    assert values and all(len(value) <= 150 for value in values)
+    assert not any(value.endswith("l" * 10) for value in values)  # not cut to a bad name
+    assert "t0123456789abcd|front_desk" in values
+    assert [(e["event"], e["action"], e["log_level"]) for e in logs] == [
+        ("slack option left out: value too long", MOVE, "warning")]
+    assert check_blocks(note_blocks(ticket(), config)) is None
