@@ -18,6 +18,9 @@ import yaml
 
 from nlu.base import SafetyLevel
 
+# libyaml's safe loader where available: several times faster on the training data.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 _ANNOTATION = re.compile(r"\[([^\]]+)\](?:\([^)]*\)|\{[^}]*\})")
 
 
@@ -89,7 +92,7 @@ def read_file(path: Path, *, clinical_intents: Iterable[str] = (),
     their level in the file name)."""
     clinical = set(clinical_intents)
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        document = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER) or {}
     except yaml.YAMLError as err:
         raise TrainingDataError(f"{path.name}: YAML syntax error: {err}") from None
     data = TrainingData()
