@@ -16,6 +16,7 @@ from bot.config import Config
 from bot.session import Direction, TranscriptEntry
 from handoff.desk import OUTCOMES, REFUSALS, contact_reason, waiting_time
 from handoff.desk_auth import DeskSession
+from handoff.escalation import STAGE_NAMES
 from handoff.tickets import HandoffTicket, TicketStatus
 
 # Flash codes -> what the agent is told: the desk's refusals (`DeskError` codes, worded as
@@ -48,6 +49,12 @@ SIGNIN_ERRORS = {
     "token_used": "That sign-in link was already used. Ask for a new one.",
     "form_expired": "The form had expired. Please try again.",
 }
+
+
+def _row_class(ticket: HandoffTicket) -> str:
+    """Priority colour; escalated tickets (unclaimed past their SLA) stand out too."""
+    escalated = " escalated" if ticket.escalation_stage else ""
+    return f"prio-{escape(ticket.priority.value)}{escalated}"
 
 
 def _options(values: Iterable[tuple[str, str]], *, exclude: str = "") -> str:
@@ -184,7 +191,7 @@ class DeskPages:
                     f'aria-labelledby="lane-{escape(lane)}">{heading}'
                     '<p class="empty">No open tickets.</p></section>')
         rows = "".join(
-            f'<tr class="prio-{escape(t.priority.value)}" data-ticket="{escape(t.id)}">'
+            f'<tr class="{_row_class(t)}" data-ticket="{escape(t.id)}">'
             f'<td><a href="/agent/tickets/{escape(t.id)}">{escape(t.id)}</a></td>'
             f"<td>{escape(contact_reason(t)[0])}</td>"
             f'<td><span class="prio">{escape(t.priority.value)}</span></td>'
@@ -205,6 +212,8 @@ class DeskPages:
             return f"claimed by {ticket.claimed_by}"
         if ticket.status is TicketStatus.RESOLVED:
             return f"resolved ({ticket.outcome})"
+        if ticket.escalation_stage in STAGE_NAMES:  # unclaimed past its acknowledge SLA
+            return f"open, escalated: {STAGE_NAMES[ticket.escalation_stage]}"
         return "open"
 
     # --- one ticket ------------------------------------------------------------------------

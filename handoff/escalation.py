@@ -49,6 +49,9 @@ from handoff.tickets import (
 log = structlog.get_logger("patientbot.escalation")
 
 SYSTEM = "system"
+# What each unclaimed-ticket stage means, for the agent interfaces.
+STAGE_NAMES = {1: "lane owner re-notified", 2: "backup owner notified",
+               3: "supervisor notified"}
 MAX_ATTEMPTS = 50  # compare-and-set retries; each lost race means someone else's change won
 
 

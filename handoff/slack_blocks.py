@@ -23,7 +23,7 @@ import structlog
 from bot.agent_config import SlackConfig
 from bot.config import Config
 from handoff.desk import OUTCOMES, RETURNED_TO_BOT, contact_reason, desk_url, waiting_time
-from handoff.escalation import callback_due
+from handoff.escalation import STAGE_NAMES, callback_due
 from handoff.tickets import HandoffTicket, Priority, TicketStatus
 
 log = structlog.get_logger("patientbot.slack")
@@ -46,7 +46,6 @@ OUTCOME_LABELS = {"resolved": "Resolved", "callback_done": "Callback done",
                   "referred": "Referred elsewhere", RETURNED_TO_BOT: "Returned to the bot"}
 URGENCY = {Priority.NORMAL: "Normal", Priority.URGENT: ":warning: Urgent",
            Priority.EMERGENCY: ":rotating_light: EMERGENCY"}
-STAGES = {1: "lane owner re-notified", 2: "backup owner notified", 3: "supervisor notified"}
 LABELS = {"reason": "Reason", "urgency": "Urgency", "verification": "Identity",
           "ticket": "Ticket", "desk_link": "Web desk", "queue": "Queue", "waiting": "Queued",
           "status": "Status", "summary": "Patient wrote", "collected": "Collected",
@@ -152,8 +151,8 @@ def state_line(ticket: HandoffTicket) -> str:
     if ticket.status is TicketStatus.CLAIMED:
         return f":raising_hand: *Claimed* by {who(ticket.claimed_by)}"
     line = ":inbox_tray: *Open*: waiting for an agent to claim it"
-    if ticket.escalation_stage in STAGES:
-        line += f" · :bell: escalated ({STAGES[ticket.escalation_stage]})"
+    if ticket.escalation_stage in STAGE_NAMES:
+        line += f" · :bell: escalated ({STAGE_NAMES[ticket.escalation_stage]})"
     return line
 
 

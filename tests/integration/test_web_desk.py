@@ -644,3 +644,16 @@ async def test_the_cli_hashes_passwords_and_prints_links_the_desk_accepts(
             assert signed.status_code == 303 and COOKIE in signed.cookies
     finally:
         await runtime.close()
+
+
+async def test_the_queue_shows_which_unclaimed_tickets_escalated(desk: Desk) -> None:
+    waiting = await hand_off(desk.runtime, patient="P1001")
+    desk.clock.advance(minutes=31)  # past the front desk's 30-minute acknowledge SLA
+    assert await desk.runtime.escalations.sweep() == 1
+    fresh = await hand_off(desk.runtime, patient="P1002")
+    await desk.sign_in()
+    page = (await desk.client.get("/agent/")).text
+    rows = {ticket_id: row for row, ticket_id in
+            re.findall(r'(<tr class="[^"]*" data-ticket="([^"]+)">.*?</tr>)', page)}
+    assert "escalated" in rows[waiting.id] and "lane owner re-notified" in rows[waiting.id]
+    assert "escalated" not in rows[fresh.id]

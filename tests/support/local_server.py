@@ -4,8 +4,12 @@ what the provider API fakes (Slack, Telegram) run on."""
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
+from urllib.parse import parse_qsl
 
 import uvicorn
+from starlette.requests import Request
 from starlette.types import ASGIApp
 
 from tests.conftest import free_port
@@ -39,3 +43,20 @@ class LocalServer:
             self._server.should_exit = True
             await self._task
             self._server = self._task = None
+
+
+async def request_params(request: Request, *, json_fields: tuple[str, ...] = ()) -> dict[str, Any]:
+    """An API call's parameters as provider SDKs send them: a JSON body, or a form body plus
+    the query string, where `json_fields` arrive JSON-serialised (every field that looks
+    like JSON when `json_fields` is ``("*",)``)."""
+    body = await request.body()
+    media_type = request.headers.get("content-type", "").split(";")[0].strip()
+    if media_type == "application/json":
+        return json.loads(body or b"{}")
+    params: dict[str, Any] = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+    params.update(request.query_params)
+    for key, value in params.items():
+        wanted = key in json_fields or ("*" in json_fields and value[:1] in "[{")
+        if wanted and isinstance(value, str):
+            params[key] = json.loads(value)
+    return params

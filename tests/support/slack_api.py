@@ -24,7 +24,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
 
 from aiohttp import WSMsgType, web
 from starlette.applications import Starlette
@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.conftest import free_port
-from tests.support.local_server import LocalServer
+from tests.support.local_server import LocalServer, request_params
 
 BOT_TOKEN = "xoxb-0000000000-test-patientbot"
 APP_TOKEN = "xapp-1-A0PATBOT-0000-test"
@@ -129,17 +129,7 @@ class FakeSlackAPI:
 
     # Web API ----------------------------------------------------------------------------
     async def _params(self, request: Request) -> dict[str, Any]:
-        body = await request.body()
-        media_type = request.headers.get("content-type", "").split(";")[0].strip()
-        if media_type == "application/json":
-            params: dict[str, Any] = json.loads(body or b"{}")
-        else:
-            params = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
-            for key in ("blocks", "attachments"):
-                if isinstance(params.get(key), str):
-                    params[key] = json.loads(params[key])
-        params.update(request.query_params)
-        return params
+        return await request_params(request, json_fields=("blocks", "attachments"))
 
     async def _method(self, request: Request) -> Response:
         method = request.path_params["method"]

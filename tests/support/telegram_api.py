@@ -12,18 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.support.local_server import LocalServer
+from tests.support.local_server import LocalServer, request_params
 
 TOKEN = "123456789:AAF-test_token_for_patientbot-0123456"
 
@@ -92,19 +90,8 @@ class FakeTelegramAPI:
 
     # Bot API ----------------------------------------------------------------------------
     async def _params(self, request: Request) -> dict[str, Any]:
-        body = await request.body()
-        media_type = request.headers.get("content-type", "").split(";")[0].strip()
-        if media_type == "application/json":
-            raw: dict[str, Any] = json.loads(body or b"{}")
-        else:  # aiogram sends application/x-www-form-urlencoded when there are no files
-            raw = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
-            raw.update(request.query_params)
-        params: dict[str, Any] = {}
-        for key, value in raw.items():
-            if isinstance(value, str) and value[:1] in "[{":
-                value = json.loads(value)  # JSON-serialised fields (arrays and objects)
-            params[key] = value
-        return params
+        # aiogram sends a form when there are no files, arrays and objects JSON-serialised.
+        return await request_params(request, json_fields=("*",))
 
     async def _method(self, request: Request) -> Response:
         method = request.path_params["method"]
