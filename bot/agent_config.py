@@ -1,16 +1,27 @@
-"""Typed model of config/agents.yml: where agents work handoffs (Slack, the web desk).
+"""Typed model of config/agents.yml: where agents work handoffs (Slack, the web desk)
+and who is emailed about escalations.
 
 Secrets never live here: the Slack signing secret and bot token (and the app-level token
-for Socket Mode) come from the environment (`bot.settings`). Desk passwords are stored only
-as argon2 hashes (`patientbot desk hash-password` makes one).
+for Socket Mode) and the SMTP relay password come from the environment (`bot.settings`).
+Desk passwords are stored only as argon2 hashes (`patientbot desk hash-password` makes one).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from channels.email_mime import valid_address
 
 
 class _Model(BaseModel):
@@ -131,8 +142,61 @@ class DeskConfig(_Model):
         return next((a for a in self.accounts if a.id == account_id), None)
 
 
+def _plain_address(value: str) -> str:
+    # One addr-spec, as the sender checks it: nothing that could add a recipient or a header.
+    value = value.strip()
+    if not valid_address(value.lower()):
+        raise ValueError(f"{value!r} is not a plain email address")
+    return value
+
+
+_StaffAddress = Annotated[str, AfterValidator(_plain_address)]
+
+
+class EmailNoticesConfig(_Model):
+    """Escalation notices by email (handoff/email_notices.py), for sites that work handoffs
+    only in the web desk: re-notify, backup owner, supervisor and callback-due warnings go to
+    the address of the staff role concerned.
+
+    Mail goes out through the outbound relay of channels.yml `email` (relay_host, relay_port,
+    relay_security, relay_username, relay_timeout_seconds, hostname) with SMTP_PASSWORD from
+    the environment; the patient email channel itself may stay disabled. Notices carry only
+    the minimum necessary (ticket id, lane, reason code, urgency, waiting time, step, desk
+    link), never patient text or identifiers.
+    """
+
+    enabled: bool = False
+    # Validated whatever its value (validate_default): required once enabled. Declared
+    # after `enabled` so that the validator sees it.
+    from_address: str = Field("", validate_default=True)
+    subject_prefix: str = Field("[patientbot]", max_length=40)
+    # Staff role names from queues.yml (owner, backup_owner, supervisor, on_call_owner) ->
+    # the address their notices go to. A role not listed gets no email (a warning is logged).
+    staff: dict[str, _StaffAddress] = {}
+
+    @field_validator("from_address")
+    @classmethod
+    def _sender(cls, value: str, info: ValidationInfo) -> str:
+        if value.strip():
+            return _plain_address(value)
+        if info.data.get("enabled"):
+            raise ValueError("email notices are enabled: from_address (notices come from "
+                             "it) is required")
+        return ""
+
+    @field_validator("subject_prefix")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        # Ends up in the Subject header: no line breaks or controls.
+        if any(not ch.isprintable() for ch in value):
+            raise ValueError("must be one line without control characters")
+        return value.strip()
+
+
+
 class AgentsFile(_Model):
     """config/agents.yml."""
 
     slack: SlackConfig = SlackConfig()
     desk: DeskConfig = DeskConfig()
+    email_notices: EmailNoticesConfig = EmailNoticesConfig()

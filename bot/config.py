@@ -479,7 +479,8 @@ def _load_scripts(root: Path) -> dict[str, Script]:
 
 
 def _check_agent_references(queues: dict[str, QueueConfig], agents: AgentsFile) -> None:
-    """Slack channels and desk accounts name lanes and staff roles from queues.yml."""
+    """Slack channels, email notices and desk accounts name lanes and staff roles from
+    queues.yml."""
     slack = agents.slack
     for lane in slack.lane_channels:
         if lane not in queues:
@@ -494,6 +495,11 @@ def _check_agent_references(queues: dict[str, QueueConfig], agents: AgentsFile) 
                 raise ConfigError("agents.yml", f"slack.{field_name}.{role}",
                                   f"unknown staff role {role!r} (queues.yml names: "
                                   f"{', '.join(sorted(roles))})")
+    for role in agents.email_notices.staff:
+        if role not in roles:
+            raise ConfigError("agents.yml", f"email_notices.staff.{role}",
+                              f"unknown staff role {role!r} (queues.yml names: "
+                              f"{', '.join(sorted(roles))})")
     if slack.enabled:
         unmapped = [lane for lane in queues if not slack.channel_for(lane)]
         if unmapped:

@@ -34,7 +34,7 @@ from channels.base import ChannelRegistry, PatientChannel
 from channels.intake import Intake
 from channels.portal import PortalAdapter
 from handoff.desk import AgentDesk
-from handoff.escalation import EscalationSweeper
+from handoff.escalation import EscalationNotifier, EscalationSweeper
 
 if TYPE_CHECKING:
     from handoff.slack import SlackAgents
@@ -165,12 +165,24 @@ class Runtime:
         desk = AgentDesk(config, store, audit, dispatcher=dispatcher, clock=clock)
         escalations = EscalationSweeper(config, store, audit, clock=clock)
         slack = None
+        notifiers: list[EscalationNotifier] = []
         if config.agents.slack.enabled:
             from handoff.slack import SlackAgents
 
             slack = SlackAgents(config, desk=desk, store=store, audit=audit,
                                 secrets=settings.secrets, clock=clock)
-            escalations.notifier = slack.notifier
+            notifiers.append(slack.notifier)
+        if config.agents.email_notices.enabled:
+            from handoff.email_notices import EmailNotifier
+
+            notifiers.append(EmailNotifier(config, secrets=settings.secrets, clock=clock))
+        if len(notifiers) > 1:
+            from handoff.email_notices import FanOutNotifier
+
+            escalations.notifier = FanOutNotifier(*notifiers)
+        elif notifiers:
+            escalations.notifier = notifiers[0]
+        # else: the default notifier, which only records
         web_desk = None
         if config.agents.desk.enabled:
             from handoff.desk_auth import desk_secret

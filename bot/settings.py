@@ -83,6 +83,10 @@ def _check_channel_secrets(config: Config, secrets: Mapping[str, str]) -> None:
             needed.append(("SLACK_SIGNING_SECRET", "Slack HTTP mode verifies every request"))
         else:
             needed.append(("SLACK_APP_TOKEN", "Slack Socket Mode needs an app-level token"))
+    if config.agents.email_notices.enabled and channels.email.relay_username:
+        # The notices reuse the email channel's relay and its login.
+        needed.append(("SMTP_PASSWORD", "agents.yml email_notices is enabled and channels.yml "
+                       "email.relay_username is set"))
     for name, why in needed:
         if name not in secrets:
             raise SecretsError(f"{name} is not set ({why})")

@@ -33,6 +33,7 @@ import re
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from email.message import EmailMessage
 from enum import StrEnum
 from typing import Any
 
@@ -42,6 +43,7 @@ import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from starlette.routing import BaseRoute
 
+from bot.channel_config import EmailConfig
 from bot.config import Config
 from bot.crypto import Hasher
 from bot.envelopes import Inbound, Outbound
@@ -150,6 +152,19 @@ class _SmtpHandler:
             return TEMPORARY_REPLY
         return received.reply
 
+
+
+async def relay_send(email: EmailConfig, message: EmailMessage, *, sender: str,
+                     recipients: list[str], password: str | None, local_hostname: str) -> None:
+    """Hand one message to channels.yml `email`'s outbound relay (raises aiosmtplib's
+    errors). Patient replies and staff escalation notices both leave this way."""
+    await aiosmtplib.send(message, sender=sender, recipients=recipients,
+                          hostname=email.relay_host, port=email.relay_port,
+                          username=email.relay_username or None,
+                          password=password if email.relay_username else None,
+                          use_tls=email.relay_security == "tls",
+                          start_tls=email.relay_security == "starttls",
+                          local_hostname=local_hostname, timeout=email.relay_timeout_seconds)
 
 class EmailChannel:
     """The email patient channel (PatientChannel): listener or IMAP poller, and the relay."""
@@ -384,14 +399,8 @@ class EmailChannel:
         except ValueError:
             raise ChannelSendError("reply could not be composed", retryable=False) from None
         try:
-            await aiosmtplib.send(
-                reply, sender=email.from_address, recipients=[to],
-                hostname=email.relay_host, port=email.relay_port,
-                username=email.relay_username or None,
-                password=self._smtp_password if email.relay_username else None,
-                use_tls=email.relay_security == "tls",
-                start_tls=email.relay_security == "starttls",
-                local_hostname=self._hostname, timeout=email.relay_timeout_seconds)
+            await relay_send(email, reply, sender=email.from_address, recipients=[to],
+                             password=self._smtp_password, local_hostname=self._hostname)
         except aiosmtplib.SMTPRecipientsRefused as err:
             codes = [refused.code for refused in err.recipients]
             permanent = bool(codes) and all(500 <= code < 600 for code in codes)

@@ -16,8 +16,9 @@ For a new ticket (scheduled in the same atomic commit that stores it, see `bot.p
   lane owner).
 
 Every step fired is recorded in the ticket's history and audited (actor ``system``), then
-handed to an `EscalationNotifier`: the default one only records; the Slack layer implements
-it. Steps are fired at least once: a sweeper that dies between notifying and recording
+handed to an `EscalationNotifier`: the default one only records; Slack
+(`handoff/slack_notices.py`) and email (`handoff/email_notices.py`) implement it. Steps are
+fired at least once: a sweeper that dies between notifying and recording
 leaves the timer to be fired again after its lease.
 """
 

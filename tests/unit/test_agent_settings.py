@@ -1,5 +1,6 @@
-"""Agent interfaces refuse to start half-configured: Slack without its secrets, or a
-production desk that still has the published demo password."""
+"""Agent interfaces refuse to start half-configured: Slack without its secrets, email
+notices without the relay password, or a production desk that still has the published demo
+password."""
 
 from __future__ import annotations
 
@@ -47,6 +48,28 @@ def test_socket_mode_needs_the_app_token(config_dir: Path) -> None:
     settings = load_settings(config, {**key_env(), "SLACK_BOT_TOKEN": "xoxb-1-2-abc",
                                       "SLACK_APP_TOKEN": "xapp-1-A1-2-abc"})
     assert settings.secrets["SLACK_APP_TOKEN"] == "xapp-1-A1-2-abc"
+
+
+def enable_email_notices(config_dir: Path, *, relay_username: str = "") -> None:
+    edit(config_dir / "agents.yml", 'email_notices:\n  enabled: false\n  from_address: ""',
+         "email_notices:\n  enabled: true\n  from_address: patientbot@clinic.example")
+    edit(config_dir / "channels.yml", '  relay_username: ""',
+         f'  relay_username: "{relay_username}"')
+
+
+def test_email_notices_with_a_relay_login_need_smtp_password(config_dir: Path) -> None:
+    enable_email_notices(config_dir, relay_username="notices@clinic.example")
+    config = load_config(config_dir)
+    with pytest.raises(SecretsError, match="SMTP_PASSWORD") as caught:
+        load_settings(config, key_env())
+    assert "agents.yml email_notices" in str(caught.value)
+    settings = load_settings(config, {**key_env(), "SMTP_PASSWORD": "relay-pass"})
+    assert settings.secrets["SMTP_PASSWORD"] == "relay-pass"
+
+
+def test_email_notices_through_an_open_relay_need_no_password(config_dir: Path) -> None:
+    enable_email_notices(config_dir)  # no relay_username: the relay takes mail unauthenticated
+    assert "SMTP_PASSWORD" not in load_settings(load_config(config_dir), key_env()).secrets
 
 
 def test_production_refuses_the_demo_desk_password(config_dir: Path) -> None:

@@ -29,6 +29,8 @@ def test_shipped_config_is_valid(config_dir: Path) -> None:
     assert "config OK" in result.stdout and "10 queues" in result.stdout
 
 
+# agents.yml has two `staff: {}` lines (slack's and email_notices'): this is the second.
+NOTICES_STAFF = "  staff: {}                       # staff role from queues.yml -> address"
 BROKEN = [
     pytest.param("app.yml", "timezone: America/New_York", "timezone: America/New_Yrok",
                  "app.yml: timezone: ", "unknown time zone", id="invalid-time-zone"),
@@ -90,6 +92,22 @@ BROKEN = [
     pytest.param("agents.yml", "  staff: {}", "  staff: {Front dsk lead: U0123ABC}",
                  "agents.yml: slack.staff.Front dsk lead: ", "unknown staff role",
                  id="slack-unknown-staff-role"),
+    pytest.param("agents.yml", NOTICES_STAFF,
+                 "  staff: {Front dsk lead: lead@clinic.example}  # a",
+                 "agents.yml: email_notices.staff.Front dsk lead: ", "unknown staff role",
+                 id="email-notices-unknown-staff-role"),
+    pytest.param("agents.yml", NOTICES_STAFF,
+                 "  staff: {Practice manager: 'manager@clinic.example, x@evil.example'}  # a",
+                 "agents.yml: email_notices.staff.Practice manager: ",
+                 "not a plain email address", id="email-notices-bad-address"),
+    pytest.param("agents.yml", "email_notices:\n  enabled: false",
+                 "email_notices:\n  enabled: true",
+                 "agents.yml: email_notices.from_address: ", "from_address",
+                 id="email-notices-enabled-without-from-address"),
+    pytest.param("agents.yml", '  from_address: ""                # required when enabled',
+                 "  from_address: patientbot at clinic  # required when enabled",
+                 "agents.yml: email_notices.from_address: ", "not a plain email address",
+                 id="email-notices-bad-from-address"),
     pytest.param("agents.yml", "password_hash: $argon2id$", "password_hash: plain$argon2id$",
                  "agents.yml: desk.accounts.0.password_hash: ", "",
                  id="desk-password-not-an-argon2-hash"),
