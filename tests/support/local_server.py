@@ -1,10 +1,11 @@
-"""A Starlette app served by uvicorn on a free loopback port inside the test's event loop:
-what the provider API fakes (Slack, Telegram) run on."""
+"""A Starlette app served by uvicorn on a free loopback port inside the test's event loop,
+and what the provider API fakes (Slack, Telegram) run on and record."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -13,6 +14,15 @@ from starlette.requests import Request
 from starlette.types import ASGIApp
 
 from tests.conftest import free_port
+
+
+@dataclass
+class Call:
+    """One API call a fake received: its method, parameters, and whether it succeeded."""
+
+    method: str
+    params: dict[str, Any]
+    ok: bool = True
 
 
 class LocalServer:

@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.conftest import free_port
-from tests.support.local_server import LocalServer, request_params
+from tests.support.local_server import Call, LocalServer, request_params
 
 BOT_TOKEN = "xoxb-0000000000-test-patientbot"
 APP_TOKEN = "xapp-1-A0PATBOT-0000-test"
@@ -41,13 +41,6 @@ SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 TEAM, APP, BOT_USER, BOT_ID = "T0CLINIC", "A0PATBOT", "U0PATBOT", "B0PATBOT"
 _CHANNEL = re.compile(r"^[CGD][A-Z0-9]{2,20}$")
 _USER = re.compile(r"^[UW][A-Z0-9]{2,20}$")
-
-
-@dataclass
-class Call:
-    method: str
-    params: dict[str, Any]
-    ok: bool = True
 
 
 @dataclass

@@ -21,16 +21,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.support.local_server import LocalServer, request_params
+from tests.support.local_server import Call, LocalServer, request_params
 
 TOKEN = "123456789:AAF-test_token_for_patientbot-0123456"
-
-
-@dataclass
-class Call:
-    method: str
-    params: dict[str, Any]
-    ok: bool = True
 
 
 @dataclass
