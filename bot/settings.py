@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
+from bot.agent_config import SlackConfig
 from bot.config import Config
 from bot.crypto import KeyMaterial, load_key_material
 from bot.errors import SecretsError
@@ -76,19 +77,28 @@ def _check_channel_secrets(config: Config, secrets: Mapping[str, str]) -> None:
         needed.append(("TELEGRAM_BOT_TOKEN", "channels.yml telegram is enabled"))
         if channels.telegram.mode == "webhook":
             needed.append(("TELEGRAM_WEBHOOK_SECRET", "telegram webhook mode needs a secret"))
-    slack = config.agents.slack
-    if slack.enabled:
-        needed.append(("SLACK_BOT_TOKEN", "agents.yml slack is enabled"))
-        if slack.mode == "http":
-            needed.append(("SLACK_SIGNING_SECRET", "Slack HTTP mode verifies every request"))
-        else:
-            needed.append(("SLACK_APP_TOKEN", "Slack Socket Mode needs an app-level token"))
+    if config.agents.slack.enabled:
+        needed.extend(slack_secrets_needed(config.agents.slack))
     if config.agents.email_notices.enabled and channels.email.relay_username:
         # The notices reuse the email channel's relay and its login.
         needed.append(("SMTP_PASSWORD", "agents.yml email_notices is enabled and channels.yml "
                        "email.relay_username is set"))
+    require_secrets(needed, secrets)
+
+
+def slack_secrets_needed(slack: SlackConfig) -> list[tuple[str, str]]:
+    """(variable, why) for an enabled Slack workspace in its mode."""
+    if slack.mode == "http":
+        mode = ("SLACK_SIGNING_SECRET", "Slack HTTP mode verifies every request")
+    else:
+        mode = ("SLACK_APP_TOKEN", "Slack Socket Mode needs an app-level token")
+    return [("SLACK_BOT_TOKEN", "agents.yml slack is enabled"), mode]
+
+
+def require_secrets(needed: list[tuple[str, str]], secrets: Mapping[str, str]) -> None:
+    """Refuse to start without a needed secret, naming the variable (never its value)."""
     for name, why in needed:
-        if name not in secrets:
+        if not secrets.get(name):
             raise SecretsError(f"{name} is not set ({why})")
 
 

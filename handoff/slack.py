@@ -58,7 +58,7 @@ from starlette.routing import BaseRoute, Route
 from bot.audit import AuditLog
 from bot.config import Config
 from bot.envelopes import utcnow
-from bot.errors import SecretsError
+from bot.settings import require_secrets, slack_secrets_needed
 from bot.store import Store
 from channels.base import Refused, read_body
 from handoff.desk import REFUSALS, AgentDesk, DeskError, desk_url
@@ -121,18 +121,11 @@ class SlackAgents:
     def __init__(self, config: Config, *, desk: AgentDesk, store: Store, audit: AuditLog,
                  secrets: Mapping[str, str], clock: Callable[[], datetime] = utcnow) -> None:
         settings = config.agents.slack
-        token = secrets.get("SLACK_BOT_TOKEN", "")
-        if not token:
-            raise SecretsError("SLACK_BOT_TOKEN is not set (agents.yml slack is enabled)")
+        require_secrets(slack_secrets_needed(settings), secrets)  # also when built directly
+        token = secrets["SLACK_BOT_TOKEN"]
         self._http = settings.mode == "http"
         signing_secret = secrets.get("SLACK_SIGNING_SECRET", "")
-        if self._http and not signing_secret:
-            raise SecretsError("SLACK_SIGNING_SECRET is not set (Slack HTTP mode verifies "
-                               "every request)")
         self._app_token = secrets.get("SLACK_APP_TOKEN", "")
-        if not self._http and not self._app_token:
-            raise SecretsError("SLACK_APP_TOKEN is not set (Slack Socket Mode needs an "
-                               "app-level token)")
         self._config = config
         self._settings = settings
         self._desk = desk
