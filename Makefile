@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-rasa lint install bench bench-nlu bench-engine bench-desk config-check clean
+.PHONY: run test test-fast test-rasa lint install bench bench-nlu bench-engine bench-desk config-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,13 +17,20 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/patientbot serve --host 127.0.0.1 --port 8000
 
+# ruff, mypy (pydantic plugin) and the import-linter layer contract (pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check bot channels handoff nlu tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
 	scripts/ensure-chromium.sh
 	scripts/ensure-dovecot.sh
 	scripts/with-redis.sh $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The inner loop: unit and store-contract tests only (about a minute and a half).
+test-fast: $(STAMP)
+	scripts/with-redis.sh $(BIN)/python -m pytest -q tests/unit tests/contract $(PYTEST_ARGS)
 
 # Optional: the Rasa backend against real Rasa servers (Python 3.10 venv .venv-rasa, ~3 GB),
 # and the embedded-vs-Rasa comparison table. Not part of `make test`.

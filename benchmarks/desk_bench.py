@@ -41,17 +41,17 @@ import redis.asyncio as redis
 from hostinfo import host_footer, host_info
 from pipeline_bench import delete_keys, percentile
 
-from bot.audit import AuditChain, RedisAuditLog
-from bot.config import load_config
-from bot.crypto import load_key_material, new_key
-from bot.decision import FrontDeskHandoff
-from bot.envelopes import Inbound
-from bot.logs import configure_logging
-from bot.runtime import Runtime
-from bot.settings import Settings
+from bot.app.runtime import Runtime
+from bot.config.loader import load_config
+from bot.config.settings import Settings
+from bot.core.crypto import load_key_material, new_key
+from bot.core.envelopes import Inbound
+from bot.core.tickets import HandoffTicket, TicketStatus
+from bot.engine.decision import FrontDeskHandoff
+from bot.ops.logs import configure_logging
+from bot.store.audit import AuditChain, RedisAuditLog
 from bot.store.redis import RedisStore
 from handoff.desk import AgentDesk
-from handoff.tickets import HandoffTicket, TicketStatus
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 START = datetime.fromisoformat("2026-12-07T10:00:00-05:00")  # a Monday in clinic hours

@@ -79,17 +79,17 @@ from typing import Any
 from hostinfo import host_footer, host_info
 from pipeline_bench import delete_keys, percentile, verdict
 
-from bot.config import Config, load_config
-from bot.crypto import load_key_material, new_key
-from bot.decision import FrontDeskHandoff
-from bot.engine import Engine
-from bot.envelopes import Inbound, utcnow
-from bot.logs import configure_logging
-from bot.pipeline import Outcome
-from bot.readiness import run_readiness
-from bot.runtime import Runtime
-from bot.scheduling import Booking, Scheduler, Slot
-from bot.settings import Settings
+from bot.app.readiness import run_readiness
+from bot.app.runtime import Runtime
+from bot.config.loader import Config, load_config
+from bot.config.settings import Settings
+from bot.core.crypto import load_key_material, new_key
+from bot.core.envelopes import Inbound, utcnow
+from bot.engine.decision import FrontDeskHandoff
+from bot.engine.engine import Engine
+from bot.engine.scheduling import Booking, Scheduler, Slot
+from bot.messaging.pipeline import Outcome
+from bot.ops.logs import configure_logging
 from nlu.data import read_heldout
 from nlu.service import NluService, project_path
 

@@ -43,8 +43,8 @@ from typing import Any
 
 from hostinfo import host_footer, host_info
 
-from bot.config import load_config
-from bot.nlu_commands import PARSE_BATCH
+from bot.app.cli.nlu import PARSE_BATCH
+from bot.config.loader import load_config
 from nlu.embedded import ModelCache
 from nlu.evaluate import heldout_examples
 from nlu.service import NluService, load_training_data, model_key, train_model
@@ -119,7 +119,7 @@ def patientbot_command() -> list[str]:
     if script.exists():
         return [str(script)]
     found = shutil.which("patientbot")
-    return [found] if found else [sys.executable, "-m", "bot.cli"]
+    return [found] if found else [sys.executable, "-m", "bot.app.cli"]
 
 
 def run_cli(input_path: Path, config_dir: Path) -> float:

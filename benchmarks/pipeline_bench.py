@@ -69,14 +69,14 @@ from typing import Any, Protocol
 import redis.asyncio as redis
 from hostinfo import host_footer, host_info
 
-from bot.config import load_config
-from bot.crypto import new_key
-from bot.decision import FrontDeskHandoff
-from bot.envelopes import Inbound, Outbound
-from bot.logs import configure_logging
-from bot.runtime import Runtime
-from bot.settings import load_settings
-from channels.base import ChannelAdapter
+from bot.app.runtime import Runtime
+from bot.config.loader import load_config
+from bot.config.settings import load_settings
+from bot.core.crypto import new_key
+from bot.core.envelopes import Inbound, Outbound
+from bot.engine.decision import FrontDeskHandoff
+from bot.messaging.delivery import ChannelAdapter
+from bot.ops.logs import configure_logging
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 CHANNEL = "portal"

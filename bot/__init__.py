@@ -1,1 +1,2 @@
-"""patientbot conversation engine: pipeline, sessions, policy, CLI and web app wiring."""
+"""patientbot: the kernel (core), config, store, engine, messaging, ops, and the composition root
+(app). Layers are enforced by import-linter (pyproject.toml [tool.importlinter])."""

@@ -1,1 +1,1 @@
-"""Patient channels: translate provider payloads to and from envelopes, verify, send."""
+"""Patient channels, one folder each (sms, email, telegram, portal), listed in channels.registry."""

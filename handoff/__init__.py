@@ -1,1 +1,2 @@
-"""Human queues: handoff tickets, structured notes, agent desks and escalation."""
+"""Human queues: the agent desk (claim, reply, close), escalation sweeps, and the agent surfaces
+(slack/, web/, email notices). Ticket model: bot.core.tickets."""

@@ -29,17 +29,17 @@ from datetime import datetime
 
 import structlog
 
-from bot.audit import AuditEvent, AuditLog
-from bot.config import Config
-from bot.coverage import Coverage
-from bot.envelopes import ConversationKey, Outbound, utcnow
-from bot.errors import LockTimeout, PatientbotError
-from bot.outbox import OutboxDispatcher
-from bot.routing import route
-from bot.session import Direction, Session, SessionState, TranscriptEntry
+from bot.config.loader import Config
+from bot.core.envelopes import ConversationKey, Outbound, utcnow
+from bot.core.errors import LockTimeout, PatientbotError
+from bot.core.session import Direction, Session, SessionState, TranscriptEntry
+from bot.core.tickets import HandoffTicket, Priority, TicketEvent, TicketStatus
+from bot.engine.coverage import Coverage
+from bot.engine.escalation import EscalationPolicy
+from bot.engine.routing import route
+from bot.messaging.outbox import OutboxDispatcher
 from bot.store import Lease, ReviewItem, Store, Turn
-from handoff.escalation import EscalationPolicy
-from handoff.tickets import HandoffTicket, Priority, TicketEvent, TicketStatus
+from bot.store.audit import AuditEvent, AuditLog
 
 log = structlog.get_logger("patientbot.desk")
 

@@ -28,13 +28,13 @@ from zoneinfo import ZoneInfo
 import aiosmtplib
 import structlog
 
-from bot.config import Config
-from bot.envelopes import utcnow
-from channels.email import relay_send
-from channels.email_mime import build_reply
+from bot.config.loader import Config
+from bot.core.envelopes import utcnow
+from bot.core.mail import build_reply
+from bot.core.tickets import HandoffTicket, Priority, TimerKind
+from bot.messaging.relay import relay_send
 from handoff.desk import contact_reason, desk_url, waiting_time
 from handoff.escalation import STAGE_NAMES, EscalationNotifier
-from handoff.tickets import HandoffTicket, Priority, TimerKind
 
 log = structlog.get_logger("patientbot.email_notices")
 

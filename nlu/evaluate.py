@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from nlu.base import OUT_OF_SCOPE, ParseResult, SafetyLevel
+from nlu.config import NluSite
 from nlu.data import Example, TrainingData, read_heldout
 from nlu.service import NluService, load_training_data, project_path, train_model
 
@@ -208,7 +209,7 @@ def fold_indices(examples: Sequence[Example], folds: int) -> list[list[int]]:
     return [test.tolist() for _, test in splitter.split(strata, strata)]
 
 
-def cross_validate(config: Any, data: TrainingData, folds: int) -> list[Outcome]:
+def cross_validate(config: NluSite, data: TrainingData, folds: int) -> list[Outcome]:
     """Every training example parsed by a model that did not see it, in data order.
 
     Folds run one after another in this process: with ~2-3 s of training per fold, worker
@@ -226,7 +227,7 @@ def cross_validate(config: Any, data: TrainingData, folds: int) -> list[Outcome]
     return score(data.examples, [results[i] for i in range(len(data.examples))])
 
 
-def heldout_examples(config: Any) -> list[Example]:
+def heldout_examples(config: NluSite) -> list[Example]:
     return read_heldout(project_path(config, config.nlu.heldout_dir))
 
 
@@ -416,7 +417,7 @@ def summary(results: Metrics) -> str:
     return "\n".join(lines)
 
 
-def run_evaluation(config: Any, *, folds: int, out_dir: Path) -> int:
+def run_evaluation(config: NluSite, *, folds: int, out_dir: Path) -> int:
     """Cross-validation and held-out report; exit status 1 when a held-out target fails."""
     data = load_training_data(config)
     cv = cv_metrics(cross_validate(config, data, folds)) if folds >= 2 else None

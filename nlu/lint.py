@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from nlu.base import SafetyLevel
+from nlu.config import NluSite
 from nlu.data import Example, TrainingData, TrainingDataError
 from nlu.evaluate import Outcome, cross_validate
 from nlu.language import LanguageDetector
@@ -111,7 +111,7 @@ def intent_coverage(intents: Iterable[str], data: TrainingData) -> list[Finding]
     ]
 
 
-def cv_disagreements(config: Any, data: TrainingData, folds: int) -> list[Finding]:
+def cv_disagreements(config: NluSite, data: TrainingData, folds: int) -> list[Finding]:
     """Examples that a model trained without them puts under another intent (the model's
     best guess, before the confidence threshold)."""
     wrong: dict[str, list[Outcome]] = defaultdict(list)
@@ -126,7 +126,7 @@ def cv_disagreements(config: Any, data: TrainingData, folds: int) -> list[Findin
             for intent, outcomes in sorted(wrong.items())]
 
 
-def lexicon_gaps(config: Any, data: TrainingData) -> list[Finding]:
+def lexicon_gaps(config: NluSite, data: TrainingData) -> list[Finding]:
     """Emergency examples the safety lexicon alone does not flag: each is caught only by the
     trained component, which may not generalise; add a pattern to config/safety.yml."""
     screen = LexiconScreen(config.safety)
@@ -158,7 +158,7 @@ def report(findings: Sequence[Finding], counts: dict[str, Counter[str]],
     return "\n".join(lines)
 
 
-def run_checks(config: Any, *, folds: int) -> int:
+def run_checks(config: NluSite, *, folds: int) -> int:
     """Lint the training data; exit status 1 on errors. `folds` < 2 skips cross-validation."""
     path = training_data_path(config)
     try:

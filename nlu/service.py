@@ -24,6 +24,7 @@ from nlu.base import (
     SafetyLevel,
     SafetyResult,
 )
+from nlu.config import NluSite
 from nlu.data import TrainingData, read_file
 from nlu.embedded import EmbeddedModel, ModelCache, fingerprint
 from nlu.entities import CALENDAR_WORDS, EntityExtractor, today_in
@@ -53,11 +54,11 @@ def word_count(text: str) -> int:
     return sum(1 for tokens in sentences(text) for token in tokens if token != ",")
 
 
-def clinical_intents(config: Any) -> set[str]:
+def clinical_intents(config: NluSite) -> set[str]:
     return {name for name, spec in config.intents.items() if spec.lane == CLINICAL_LANE}
 
 
-def project_path(config: Any, relative: str) -> Path:
+def project_path(config: NluSite, relative: str) -> Path:
     """A path from config/nlu.yml: relative to the project root (the directory above the
     config directory), else to this installation's root (a copied config directory, as in
     tests and containers, still finds the shipped training data)."""
@@ -70,21 +71,21 @@ def project_path(config: Any, relative: str) -> Path:
     return config.project_root / path
 
 
-def training_data_path(config: Any) -> Path:
+def training_data_path(config: NluSite) -> Path:
     return project_path(config, config.nlu.training_data)
 
 
-def load_training_data(config: Any) -> TrainingData:
+def load_training_data(config: NluSite) -> TrainingData:
     return read_file(training_data_path(config), clinical_intents=clinical_intents(config))
 
 
-def model_key(config: Any) -> str:
+def model_key(config: NluSite) -> str:
     settings = {"intents": sorted(config.intents), "languages": config.nlu.languages,
                 "max_chars": config.nlu.max_classifier_chars}
     return fingerprint(training_data_path(config), settings)
 
 
-def train_model(config: Any, data: TrainingData | None = None) -> EmbeddedModel:
+def train_model(config: NluSite, data: TrainingData | None = None) -> EmbeddedModel:
     data = data or load_training_data(config)
     limit = config.nlu.max_classifier_chars
     prepared = TrainingData(
@@ -94,7 +95,7 @@ def train_model(config: Any, data: TrainingData | None = None) -> EmbeddedModel:
     return EmbeddedModel.train(prepared, fingerprint=model_key(config))
 
 
-def load_or_train(config: Any, *, cache_dir: Path | None = None) -> tuple[EmbeddedModel, bool]:
+def load_or_train(config: NluSite, *, cache_dir: Path | None = None) -> tuple[EmbeddedModel, bool]:
     """The cached model for the current data and config, training it when stale.
     Returns (model, trained_now)."""
     cache = ModelCache(cache_dir or Path(config.app.data_dir) / "nlu")
@@ -123,7 +124,7 @@ class EmbeddedClassifier:
 
 
 class NluService:
-    def __init__(self, config: Any, model: EmbeddedModel, *,
+    def __init__(self, config: NluSite, model: EmbeddedModel, *,
                  classifier: IntentClassifier | None = None) -> None:
         self._config = config
         self._nlu = config.nlu
@@ -141,7 +142,7 @@ class NluService:
         self._clinical = clinical_intents(config)
 
     @classmethod
-    def from_config(cls, config: Any, *, cache_dir: Path | None = None,
+    def from_config(cls, config: NluSite, *, cache_dir: Path | None = None,
                     http_client: Any = None) -> NluService:
         model, _ = load_or_train(config, cache_dir=cache_dir)
         classifier: IntentClassifier | None = None
@@ -158,7 +159,7 @@ class NluService:
         return cls(config, model, classifier=classifier)
 
     @classmethod
-    def shared(cls, config: Any) -> NluService:
+    def shared(cls, config: NluSite) -> NluService:
         """One service per distinct NLU-relevant configuration in this process: the web app,
         its workers and the CLI share the loaded model and detectors."""
         key = config.model_dump_json(include={"intents", "nlu", "safety", "app", "queues"}) \

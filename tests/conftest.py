@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis
 
-from bot.config import Config, load_config
-from bot.crypto import KeyMaterial, load_key_material, new_key
-from bot.decision import FrontDeskHandoff
-from bot.ingress import MemoryIngressQueue, RedisIngressQueue
-from bot.runtime import Runtime
-from bot.settings import Settings
+from bot.app.runtime import Runtime
+from bot.config.loader import Config, load_config
+from bot.config.settings import Settings
+from bot.core.crypto import KeyMaterial, load_key_material, new_key
+from bot.engine.decision import FrontDeskHandoff
+from bot.store.ingress import MemoryIngressQueue, RedisIngressQueue
 from bot.store.memory import MemoryStore
 from bot.store.redis import RedisStore
 
@@ -163,7 +163,7 @@ async def serve_app(runtime: Runtime, *, workers: int = 0) -> AsyncIterator[str]
     """Our real ASGI app under uvicorn on a free port (lifespan on); yields its base URL."""
     import uvicorn
 
-    from bot.app import create_app
+    from bot.app.web import create_app
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(runtime, workers=workers),

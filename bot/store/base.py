@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from bot.envelopes import ConversationKey, Outbound
-from bot.errors import LockTimeout
-from bot.session import Session, TranscriptEntry
-from handoff.tickets import HandoffTicket, TicketTimer
+from bot.core.envelopes import ConversationKey, Outbound
+from bot.core.errors import LockTimeout
+from bot.core.session import Session, TranscriptEntry
+from bot.core.tickets import HandoffTicket, TicketTimer
 
 
 @dataclass(slots=True)

@@ -11,11 +11,10 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from bot.crypto import Sealer
-from bot.envelopes import ConversationKey, Outbound
-from bot.session import Direction, IdentityStatus, Session, SessionState, TranscriptEntry
-from bot.store.base import MailboxItem, ReviewItem
-from handoff.tickets import (
+from bot.core.crypto import Sealer
+from bot.core.envelopes import ConversationKey, Outbound
+from bot.core.session import Direction, IdentityStatus, Session, SessionState, TranscriptEntry
+from bot.core.tickets import (
     HandoffNote,
     HandoffTicket,
     Priority,
@@ -24,6 +23,7 @@ from handoff.tickets import (
     TicketTimer,
     TimerKind,
 )
+from bot.store.base import MailboxItem, ReviewItem
 
 
 def _dt(value: datetime | None) -> str | None:
@@ -32,6 +32,11 @@ def _dt(value: datetime | None) -> str | None:
 
 def _parse_dt(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
+
+
+def _when(value: str) -> datetime:
+    """A timestamp every record of its kind has (a missing one is a KeyError/ValueError)."""
+    return datetime.fromisoformat(value)
 
 
 def _dump(data: dict[str, Any]) -> str:
@@ -80,8 +85,8 @@ class Codec:
             last_seq=data["last_seq"],
             last_ack_at=_parse_dt(data["last_ack_at"]),
             slots=json.loads(opened(data["slots"], record=record, field="slots")),
-            created_at=_parse_dt(data["created_at"]),
-            updated_at=_parse_dt(data["updated_at"]),
+            created_at=_when(data["created_at"]),
+            updated_at=_when(data["updated_at"]),
         )
 
     # transcript -----------------------------------------------------------------------
@@ -102,7 +107,7 @@ class Codec:
             direction=Direction(data["direction"]),
             actor=data["actor"],
             message_id=data["message_id"],
-            at=_parse_dt(data["at"]),
+            at=_when(data["at"]),
             text=self._sealer.open(data["text"], record=record, field="text"),
         )
 
@@ -168,8 +173,8 @@ class Codec:
             reason=data["reason"],
             priority=Priority(data["priority"]),
             status=TicketStatus(data["status"]),
-            created_at=_parse_dt(data["created_at"]),
-            updated_at=_parse_dt(data["updated_at"]),
+            created_at=_when(data["created_at"]),
+            updated_at=_when(data["updated_at"]),
             note=HandoffNote(**note),
             # Tickets stored before the agent desk existed have none of these.
             revision=data.get("revision", 0),
@@ -180,7 +185,7 @@ class Codec:
             escalation_stage=data.get("escalation_stage", 0),
             escalation_round=data.get("escalation_round", 0),
             callback_alerted=data.get("callback_alerted", False),
-            history=[TicketEvent(action, actor, _parse_dt(at), detail)
+            history=[TicketEvent(action, actor, _when(at), detail)
                      for action, actor, at, detail in data.get("history", ())],
         )
 
@@ -192,7 +197,7 @@ class Codec:
     def parse_timer(self, timer_id: str, raw: str | bytes) -> TicketTimer:
         data = self.parse_value("timer", timer_id, raw)
         return TicketTimer(ticket_id=data["ticket"], kind=TimerKind(data["kind"]),
-                           due=_parse_dt(data["due"]), round=data["round"])
+                           due=_when(data["due"]), round=data["round"])
 
     # review queues (e.g. relabelled messages) --------------------------------------------
     def review(self, item: ReviewItem) -> str:
@@ -202,7 +207,7 @@ class Codec:
     def parse_review(self, queue: str, item_id: str, raw: str | bytes) -> ReviewItem:
         data = self.parse_value(f"review:{queue}", item_id, raw)
         return ReviewItem(queue=queue, item_id=item_id, record=data["record"],
-                          at=_parse_dt(data["at"]))
+                          at=_when(data["at"]))
 
     # small sealed values (portal sessions, mailbox items) -------------------------------
     def value(self, namespace: str, item_id: str, data: dict[str, Any]) -> str:

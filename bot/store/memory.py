@@ -16,9 +16,10 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from bot.crypto import Hasher, Sealer
-from bot.envelopes import ConversationKey, Outbound
-from bot.session import Session, TranscriptEntry
+from bot.core.crypto import Hasher, Sealer
+from bot.core.envelopes import ConversationKey, Outbound
+from bot.core.session import Session, TranscriptEntry
+from bot.core.tickets import HandoffTicket, TicketStatus, TicketTimer
 from bot.store.base import (
     Lease,
     MailboxItem,
@@ -28,7 +29,6 @@ from bot.store.base import (
     acquire_polling,
 )
 from bot.store.codec import Codec
-from handoff.tickets import HandoffTicket, TicketStatus, TicketTimer
 
 
 class _Expiring:

@@ -23,9 +23,10 @@ from typing import Any
 
 import redis.asyncio as redis
 
-from bot.crypto import Hasher, Sealer
-from bot.envelopes import ConversationKey, Outbound
-from bot.session import Session, TranscriptEntry
+from bot.core.crypto import Hasher, Sealer
+from bot.core.envelopes import ConversationKey, Outbound
+from bot.core.session import Session, TranscriptEntry
+from bot.core.tickets import HandoffTicket, TicketStatus, TicketTimer
 from bot.store.base import (
     Lease,
     MailboxItem,
@@ -35,7 +36,6 @@ from bot.store.base import (
     acquire_polling,
 )
 from bot.store.codec import Codec
-from handoff.tickets import HandoffTicket, TicketStatus, TicketTimer
 
 # Take the conversation lock and, if taken, read the session and the dedupe mark with it.
 _OPEN_TURN = """
@@ -293,7 +293,8 @@ class RedisStore:
         return None if raw is None else self._codec.parse_timer(timer_id, raw)
 
     async def review_items(self, queue: str) -> list[ReviewItem]:
-        ids = await self._r.zrange(self._k("rvq", queue), 0, -1)
+        # Replies are bytes (decode_responses is off); redis-py annotates them as a union.
+        ids: Any = await self._r.zrange(self._k("rvq", queue), 0, -1)
         if not ids:
             return []
         raws = await self._r.hmget(self._k("rv", queue), ids)
@@ -340,7 +341,7 @@ class RedisStore:
         await self._r.zadd(self._k("oq"), {outbound_id: time.time() + delay}, xx=True)
 
     async def outbox_status(self, outbound_id: str) -> str | None:
-        status = await self._r.hget(self._k("o", outbound_id), "status")
+        status: Any = await self._r.hget(self._k("o", outbound_id), "status")
         return None if status is None else status.decode()
 
     async def get_ticket(self, ticket_id: str) -> HandoffTicket | None:
@@ -349,7 +350,7 @@ class RedisStore:
 
     async def tickets_in_lane(self, lane: str) -> list[HandoffTicket]:
         """Emergency first, then urgent, then normal; oldest first within each."""
-        ids = await self._r.zrange(self._k("lane", lane), 0, -1)
+        ids: Any = await self._r.zrange(self._k("lane", lane), 0, -1)
         if not ids:
             return []
         raws = await self._r.mget([self._k("tk", i.decode()) for i in ids])

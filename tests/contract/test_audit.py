@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from bot.audit import AuditChain, AuditEvent, MemoryAuditLog, RedisAuditLog
+from bot.store.audit import AuditChain, AuditEvent, MemoryAuditLog, RedisAuditLog
 
 
 @pytest.fixture

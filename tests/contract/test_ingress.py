@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.envelopes import Inbound
-from bot.ingress import Ingress
+from bot.core.envelopes import Inbound
+from bot.store.ingress import Ingress
 
 
 async def test_sequence_numbers_are_per_conversation(ingress_queue) -> None:

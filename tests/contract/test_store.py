@@ -7,12 +7,10 @@ from datetime import timedelta
 
 import pytest
 
-from bot.envelopes import ConversationKey, Outbound, utcnow
-from bot.errors import LockTimeout
-from bot.session import Direction, IdentityStatus, Session, SessionState, TranscriptEntry
-from bot.store import Turn
-from bot.store.base import ReviewItem
-from handoff.tickets import (
+from bot.core.envelopes import ConversationKey, Outbound, utcnow
+from bot.core.errors import LockTimeout
+from bot.core.session import Direction, IdentityStatus, Session, SessionState, TranscriptEntry
+from bot.core.tickets import (
     HandoffNote,
     HandoffTicket,
     Priority,
@@ -21,6 +19,8 @@ from handoff.tickets import (
     TicketTimer,
     TimerKind,
 )
+from bot.store import Turn
+from bot.store.base import ReviewItem
 
 
 def make_session(n: int = 1) -> Session:

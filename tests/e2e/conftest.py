@@ -129,7 +129,7 @@ def portal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortalSe
     """The real app for the portal tests. Portal mechanics with the fixed front-desk step
     (its reply is predictable); the engine is tested in test_engine_pipeline.py."""
     with running_server(tmp_path_factory.mktemp("portal-server"), "e2e",
-                        decision_step="bot.decision:FrontDeskHandoff") as server:
+                        decision_step="bot.engine.decision:FrontDeskHandoff") as server:
         yield server
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from handoff.desk_pages import MESSAGES, SIGNIN_NOTICES
+from handoff.web.pages import MESSAGES, SIGNIN_NOTICES
 from tests.e2e.conftest import EXPECT_TIMEOUT_MS, PortalServer, running_server
 from tests.e2e.test_portal_browser import CSP_WATCH, PATIENTS, UNLABELLED_CONTROLS, send
 

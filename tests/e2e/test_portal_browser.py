@@ -16,7 +16,7 @@ import pytest
 import yaml
 from playwright.sync_api import Page, expect
 
-from channels.portal import SIGNIN_FAILED
+from channels.portal.adapter import SIGNIN_FAILED
 
 pytestmark = pytest.mark.browser
 

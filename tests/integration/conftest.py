@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bot.config import Config, load_config
-from bot.decision import FrontDeskHandoff
-from bot.runtime import Runtime
-from bot.settings import Settings
+from bot.app.runtime import Runtime
+from bot.config.loader import Config, load_config
+from bot.config.settings import Settings
+from bot.engine.decision import FrontDeskHandoff
 from tests.conftest import serve_app
 from tests.support.doubles import START, Clock
 

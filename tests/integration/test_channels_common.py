@@ -9,11 +9,11 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-from bot.config import load_config
-from bot.crypto import KeyMaterial
-from bot.errors import SecretsError
-from bot.runtime import Runtime
-from bot.settings import Settings, load_settings
+from bot.app.runtime import Runtime
+from bot.config.loader import load_config
+from bot.config.settings import Settings, load_settings
+from bot.core.crypto import KeyMaterial
+from bot.core.errors import SecretsError
 from tests.conftest import key_env
 
 ALL_ON = {

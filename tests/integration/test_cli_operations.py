@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bot.audit import AuditChain, AuditEvent, RedisAuditLog
-from bot.crypto import load_key_material
-from bot.ingress import RedisIngressQueue
+from bot.core.crypto import load_key_material
+from bot.store.audit import AuditChain, AuditEvent, RedisAuditLog
+from bot.store.ingress import RedisIngressQueue
 from tests.conftest import CONFIG_DIR, key_env, redis_url
 
 
@@ -17,7 +17,7 @@ def run(*args: str, prefix: str, cwd: Path,
         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **(env or key_env()), "REDIS_URL": redis_url(),
            "PATIENTBOT_REDIS_PREFIX": prefix}
-    return subprocess.run([sys.executable, "-m", "bot.cli", *args, "--config", str(CONFIG_DIR)],
+    return subprocess.run([sys.executable, "-m", "bot.app.cli", *args, "--config", str(CONFIG_DIR)],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
 
 

@@ -10,21 +10,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bot.config import load_config
-from bot.crypto import load_key_material
-from bot.decision import FrontDeskHandoff
-from bot.envelopes import Inbound
-from bot.runtime import Runtime
-from bot.settings import Settings
+from bot.app.runtime import Runtime
+from bot.config.loader import load_config
+from bot.config.settings import Settings
+from bot.core.crypto import load_key_material
+from bot.core.envelopes import Inbound
+from bot.engine.decision import FrontDeskHandoff
 from tests.conftest import REPO, key_env, redis_url
 
 
 def start_worker(config_dir: Path, env: dict[str, str], *, hanging: bool) -> subprocess.Popen:
-    args = [sys.executable, "-m", "bot.cli", "worker", "--config", str(config_dir)]
+    args = [sys.executable, "-m", "bot.app.cli", "worker", "--config", str(config_dir)]
     if hanging:
         args += ["--decision-step", "tests.support.hanging_step:HangingStep"]
     else:
-        args += ["--decision-step", "bot.decision:FrontDeskHandoff"]
+        args += ["--decision-step", "bot.engine.decision:FrontDeskHandoff"]
     return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
 

@@ -12,16 +12,16 @@ from datetime import timedelta
 import pytest
 import redis.asyncio as redis
 
-from bot.audit import AuditChain, AuditLog, RedisAuditLog
-from bot.config import Config
-from bot.envelopes import Inbound
-from bot.logs import configure_logging
-from bot.runtime import Runtime
-from bot.session import Direction, SessionState
+from bot.app.runtime import Runtime
+from bot.config.loader import Config
+from bot.core.envelopes import Inbound
+from bot.core.session import Direction, SessionState
+from bot.core.tickets import HandoffTicket, Priority, TicketStatus, TimerKind, timer_id
+from bot.ops.logs import configure_logging
 from bot.store import Store, Turn
+from bot.store.audit import AuditChain, AuditLog, RedisAuditLog
 from bot.store.redis import RedisStore
 from handoff.desk import RELABEL_QUEUE, AgentDesk, DeskError
-from handoff.tickets import HandoffTicket, Priority, TicketStatus, TimerKind, timer_id
 from tests.conftest import redis_url
 from tests.integration.test_phi_at_rest import dump_everything
 from tests.integration.test_pipeline import mailbox, portal_message

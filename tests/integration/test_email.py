@@ -29,17 +29,17 @@ import pytest
 import yaml
 from aiosmtpd.smtp import SMTP
 
-from bot import metrics
-from bot.app import create_app
-from bot.config import load_config
-from bot.decision import FrontDeskHandoff
-from bot.envelopes import Inbound, Outbound
-from bot.logs import configure_logging
-from bot.runtime import Runtime
-from bot.session import Direction
-from bot.settings import Settings
-from channels.base import ChannelSendError
-from channels.email import EmailChannel, Outcome
+from bot.app.runtime import Runtime
+from bot.app.web import create_app
+from bot.config.loader import load_config
+from bot.config.settings import Settings
+from bot.core.envelopes import Inbound, Outbound
+from bot.core.session import Direction
+from bot.engine.decision import FrontDeskHandoff
+from bot.messaging.delivery import ChannelSendError
+from bot.ops import metrics
+from bot.ops.logs import configure_logging
+from channels.email.adapter import EmailChannel, Outcome
 from tests.conftest import free_port, run_workers_until
 
 HELP = "help@clinic.example"

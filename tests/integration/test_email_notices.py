@@ -17,14 +17,14 @@ import yaml
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 from structlog.testing import capture_logs
 
-from bot.config import Config, load_config
-from bot.decision import FrontDeskHandoff
-from bot.runtime import Runtime
-from bot.settings import Settings
+from bot.app.runtime import Runtime
+from bot.config.loader import Config, load_config
+from bot.config.settings import Settings
+from bot.core.tickets import HandoffTicket, TimerKind
+from bot.engine.decision import FrontDeskHandoff
 from handoff.desk import desk_url
 from handoff.email_notices import EmailNotifier, FanOutNotifier
 from handoff.escalation import RecordingNotifier
-from handoff.tickets import HandoffTicket, TimerKind
 from tests.conftest import free_port
 from tests.integration.test_desk import hand_off
 from tests.integration.test_email import Sink

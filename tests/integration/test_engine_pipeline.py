@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client import REGISTRY
 
-from bot.config import Config
-from bot.routing import window_text
-from bot.runtime import Runtime
-from bot.session import SessionState
-from bot.settings import Settings
-from handoff.tickets import Priority
+from bot.app.runtime import Runtime
+from bot.config.loader import Config
+from bot.config.settings import Settings
+from bot.core.session import SessionState
+from bot.core.tickets import Priority
+from bot.engine.routing import window_text
 from tests.conftest import run_workers_until
 from tests.integration.test_pipeline import mailbox, portal_message, replies
 
@@ -108,7 +108,7 @@ async def test_identity_checks_and_appointment_changes_are_audited(
         engine_runtime: Runtime) -> None:
     """An SMS patient verifies, books and then cancels: every PHI read and write is in the
     tamper-evident audit log, as codes and ids only."""
-    from bot.envelopes import Inbound
+    from bot.core.envelopes import Inbound
 
     texts = ["I'd like to book a flu shot", "Maria Lopez", "03/12/1984", "next wednesday", "1"]
     for number, text in enumerate(texts, 1):

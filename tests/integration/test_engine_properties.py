@@ -13,12 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.config import Config, load_config
-from bot.crypto import load_key_material
-from bot.decision import Decision
-from bot.engine import FIELD, IDENTITY, SCRIPT, Engine
-from bot.envelopes import ConversationKey, Inbound
-from bot.session import IdentityStatus, Session, SessionState
+from bot.config.loader import Config, load_config
+from bot.core.crypto import load_key_material
+from bot.core.envelopes import ConversationKey, Inbound
+from bot.core.session import IdentityStatus, Session, SessionState
+from bot.engine.decision import Decision
+from bot.engine.engine import FIELD, IDENTITY, SCRIPT, Engine
 from bot.store.memory import MemoryStore
 from nlu.base import SafetyLevel
 from nlu.data import read_heldout

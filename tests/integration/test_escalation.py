@@ -10,15 +10,16 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis.asyncio as redis
 
-from bot.audit import AuditChain, RedisAuditLog
-from bot.config import Config
-from bot.decision import FrontDeskHandoff
-from bot.runtime import Runtime
-from bot.settings import Settings
+from bot.app.runtime import Runtime
+from bot.config.loader import Config
+from bot.config.settings import Settings
+from bot.core.tickets import HandoffNote, HandoffTicket, Priority, TicketStatus, TimerKind
+from bot.engine.decision import FrontDeskHandoff
+from bot.engine.escalation import EscalationPolicy
 from bot.store import Turn
+from bot.store.audit import AuditChain, RedisAuditLog
 from bot.store.redis import RedisStore
-from handoff.escalation import EscalationPolicy, EscalationSweeper, Notification, RecordingNotifier
-from handoff.tickets import HandoffNote, HandoffTicket, Priority, TicketStatus, TimerKind
+from handoff.escalation import EscalationSweeper, Notification, RecordingNotifier
 from tests.conftest import redis_url, run_workers_until
 from tests.integration.test_desk import hand_off, session_of
 from tests.support.doubles import START, Clock

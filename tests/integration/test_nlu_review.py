@@ -7,19 +7,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bot.audit import AuditChain, RedisAuditLog
-from bot.config import Config
-from bot.crypto import load_key_material
-from bot.decision import FrontDeskHandoff
-from bot.runtime import Runtime
-from bot.settings import Settings
+from bot.app.runtime import Runtime
+from bot.config.loader import Config
+from bot.config.settings import Settings
+from bot.core.crypto import load_key_material
+from bot.engine.decision import FrontDeskHandoff
+from bot.store.audit import AuditChain, RedisAuditLog
 from nlu.data import read_file
 from tests.conftest import CONFIG_DIR, key_env, redis_url
 from tests.integration.test_desk import hand_off
 
 
 def review(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bot.cli", "nlu", "review", *args,
+    return subprocess.run([sys.executable, "-m", "bot.app.cli", "nlu", "review", *args,
                            "--config", str(CONFIG_DIR)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=60)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis
 
-from bot.envelopes import Inbound
-from bot.logs import configure_logging
+from bot.core.envelopes import Inbound
+from bot.ops.logs import configure_logging
 from tests.conftest import redis_url
 from tests.support.doubles import RecordingSms
 
@@ -105,9 +105,9 @@ async def test_engine_conversations_leave_no_phi_in_redis_or_logs(config_dir: Pa
                                                                   prefix: str, capsys) -> None:
     """Identity check, a refill script (free-text answers) and a booking, through the engine
     on real Redis: collected fields, names and dates are sealed; key names are hashes."""
-    from bot.config import load_config
-    from bot.settings import Settings
-    from bot.simulate import Scenario, simulate
+    from bot.app.simulate import Scenario, simulate
+    from bot.config.loader import load_config
+    from bot.config.settings import Settings
 
     with (config_dir / "patients.yml").open("a", encoding="utf-8") as patients:
         patients.write(f"  - id: CANARY-P77\n    name: {CANARY_NAME}\n    dob: {CANARY_DOB}\n"

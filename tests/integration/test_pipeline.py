@@ -8,12 +8,12 @@ from datetime import timedelta
 
 import pytest
 
-from bot.config import load_config
-from bot.decision import FOLLOWUP_ACK_INTERVAL, FrontDeskHandoff
-from bot.envelopes import Inbound
-from bot.logs import configure_logging
-from bot.runtime import Runtime
-from bot.session import Direction, IdentityStatus, SessionState
+from bot.app.runtime import Runtime
+from bot.config.loader import load_config
+from bot.core.envelopes import Inbound
+from bot.core.session import Direction, IdentityStatus, SessionState
+from bot.engine.decision import FOLLOWUP_ACK_INTERVAL, FrontDeskHandoff
+from bot.ops.logs import configure_logging
 from tests.conftest import run_workers_until
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import yaml
 
-from bot.config import Config, load_config
-from bot.envelopes import utcnow
-from bot.readiness import CASES, run_readiness
-from handoff.tickets import Priority
+from bot.app.readiness import CASES, run_readiness
+from bot.config.loader import Config, load_config
+from bot.core.envelopes import utcnow
+from bot.core.tickets import Priority
 from tests.conftest import CONFIG_DIR, key_env
 
 REQUIRED = {"new scheduling request", "refill message", "billing question",
@@ -24,7 +24,7 @@ REQUIRED = {"new scheduling request", "refill message", "billing question",
 def readiness_cli(config_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **key_env()}
     env.pop("REDIS_URL", None)  # readiness never touches the deployment's store
-    return subprocess.run([sys.executable, "-m", "bot.cli", "readiness", "--config",
+    return subprocess.run([sys.executable, "-m", "bot.app.cli", "readiness", "--config",
                            str(config_dir)], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=120)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import Config
-from bot.settings import Settings
-from bot.simulate import format_report, load_scenario, simulate
+from bot.app.simulate import format_report, load_scenario, simulate
+from bot.config.loader import Config
+from bot.config.settings import Settings
 from tests.conftest import CONFIG_DIR, REPO, key_env, redis_url
 
 SCENARIOS = sorted((REPO / "examples" / "scenarios").glob("*.yml"))
@@ -26,7 +26,7 @@ SCENARIOS = sorted((REPO / "examples" / "scenarios").glob("*.yml"))
 def run_cli(*args: str, prefix: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **key_env(), "REDIS_URL": redis_url(),
            "PATIENTBOT_REDIS_PREFIX": prefix}
-    return subprocess.run([sys.executable, "-m", "bot.cli", "simulate", *args,
+    return subprocess.run([sys.executable, "-m", "bot.app.cli", "simulate", *args,
                            "--config", str(CONFIG_DIR)],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 

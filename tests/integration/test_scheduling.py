@@ -15,9 +15,10 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from bot.crypto import KeyMaterial
-from bot.engine_config import SchedulingFile, parse_ranges
-from bot.scheduling import Booking, EmbeddedScheduler, Slot
+from bot.config.base import parse_ranges
+from bot.config.scheduling import SchedulingFile
+from bot.core.crypto import KeyMaterial
+from bot.engine.scheduling import Booking, EmbeddedScheduler, Slot
 from bot.store.redis import RedisStore
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
@@ -267,8 +268,8 @@ async def test_one_patient_booking_ten_slots_in_parallel_keeps_them_all(schedule
 # --- holidays and PHI --------------------------------------------------------------------
 
 async def test_holidays_close_the_calendar(store, keys) -> None:
-    coverage_module = pytest.importorskip("bot.coverage")
-    from bot.engine_config import CoverageFile
+    coverage_module = pytest.importorskip("bot.engine.coverage")
+    from bot.config.coverage import CoverageFile
 
     coverage_file = CoverageFile.model_validate(
         yaml.safe_load((CONFIG / "coverage.yml").read_text()))

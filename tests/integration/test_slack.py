@@ -19,18 +19,18 @@ import yaml
 from slack_bolt.async_app import AsyncBoltRequest
 from structlog.testing import capture_logs
 
-from bot.config import Config, load_config
-from bot.decision import FrontDeskHandoff
-from bot.envelopes import Inbound, Outbound
-from bot.runtime import Runtime
-from bot.session import SessionState
-from bot.settings import Settings
-from channels.base import channel_text
+from bot.app.runtime import Runtime
+from bot.config.loader import Config, load_config
+from bot.config.settings import Settings
+from bot.core.envelopes import Inbound, Outbound
+from bot.core.session import SessionState
+from bot.core.tickets import HandoffTicket, Priority, TicketStatus
+from bot.engine.decision import FrontDeskHandoff
+from bot.messaging.delivery import channel_text
 from handoff.desk import REFUSALS, desk_url
-from handoff.slack import EVENT_NS, SlackAgents
-from handoff.slack_blocks import CLAIM, MOVE, RELABEL, RESOLVE, RETURN
-from handoff.slack_sync import LIVE_ITEM, LIVE_NS, NoteRecord
-from handoff.tickets import HandoffTicket, Priority, TicketStatus
+from handoff.slack.agents import EVENT_NS, SlackAgents
+from handoff.slack.blocks import CLAIM, MOVE, RELABEL, RESOLVE, RETURN
+from handoff.slack.sync import LIVE_ITEM, LIVE_NS, NoteRecord
 from tests.conftest import serve_app
 from tests.integration.test_desk import hand_off, patient_writes, session_of
 from tests.integration.test_escalation import sweep_at, ticket_with

@@ -21,16 +21,16 @@ import yaml
 from prometheus_client import REGISTRY
 from twilio.request_validator import RequestValidator
 
-from bot.config import load_config
-from bot.crypto import KeyMaterial
-from bot.decision import Decision
-from bot.envelopes import AttachmentMeta, Inbound, Outbound
-from bot.logs import configure_logging
-from bot.runtime import Runtime
-from bot.session import Session
-from bot.settings import Settings
-from channels.base import ChannelSendError, channel_text
-from channels.sms import (
+from bot.app.runtime import Runtime
+from bot.config.loader import load_config
+from bot.config.settings import Settings
+from bot.core.crypto import KeyMaterial
+from bot.core.envelopes import AttachmentMeta, Inbound, Outbound
+from bot.core.session import Session
+from bot.engine.decision import Decision
+from bot.messaging.delivery import ChannelSendError, channel_text
+from bot.ops.logs import configure_logging
+from channels.sms.adapter import (
     EMPTY_TWIML,
     SmsChannel,
     encoding_of,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import httpx
 
-from bot.app import create_app
-from bot.decision import FrontDeskHandoff
-from bot.runtime import Runtime
-from bot.settings import Settings
+from bot.app.runtime import Runtime
+from bot.app.web import create_app
+from bot.config.settings import Settings
+from bot.engine.decision import FrontDeskHandoff
 from tests.conftest import free_port
 
 

@@ -22,16 +22,16 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
-from bot.config import Config, load_config
-from bot.crypto import KeyMaterial
-from bot.decision import FrontDeskHandoff
-from bot.envelopes import AttachmentMeta, Outbound, utcnow
-from bot.errors import ConfigError, SecretsError
-from bot.logs import configure_logging
-from bot.runtime import DecisionFactory, Runtime
-from bot.settings import Settings, load_settings
-from channels.base import ChannelSendError, channel_text
-from channels.telegram import TelegramChannel, register_webhook, split_text
+from bot.app.runtime import DecisionFactory, Runtime
+from bot.config.loader import Config, load_config
+from bot.config.settings import Settings, load_settings
+from bot.core.crypto import KeyMaterial
+from bot.core.envelopes import AttachmentMeta, Outbound, utcnow
+from bot.core.errors import ConfigError, SecretsError
+from bot.engine.decision import FrontDeskHandoff
+from bot.messaging.delivery import ChannelSendError, channel_text
+from bot.ops.logs import configure_logging
+from channels.telegram.adapter import TelegramChannel, register_webhook, split_text
 from tests.conftest import free_port, key_env, redis_url, run_workers_until, serve_app
 from tests.support.telegram_api import TOKEN, FakeTelegramAPI
 
@@ -504,7 +504,7 @@ def test_webhook_mode_without_the_secret_refuses_to_start(config_dir: Path) -> N
     proc_env = {key: value for key, value in os.environ.items()
                 if not key.startswith("TELEGRAM_")}
     result = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "serve", "--config", str(config_dir),
+        [sys.executable, "-m", "bot.app.cli", "serve", "--config", str(config_dir),
          "--port", str(free_port())], env={**proc_env, **env}, cwd=config_dir.parent,
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 2

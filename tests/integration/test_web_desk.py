@@ -20,20 +20,20 @@ import httpx
 import pytest
 from argon2 import PasswordHasher
 
-from bot.agent_config import AgentsFile, DeskAccount, DeskConfig
-from bot.app import create_app
-from bot.config import Config
-from bot.crypto import load_key_material
-from bot.decision import FrontDeskHandoff
-from bot.envelopes import Inbound
-from bot.logs import configure_logging
-from bot.runtime import Runtime
-from bot.session import SessionState
-from bot.settings import Settings
-from handoff.desk_auth import DeskAuth, desk_secret, sign_in_token
-from handoff.desk_pages import MESSAGES, SIGNIN_ERRORS
-from handoff.tickets import TicketStatus
-from handoff.web_desk import COOKIE, safe_next
+from bot.app.runtime import Runtime
+from bot.app.web import create_app
+from bot.config.agents import AgentsFile, DeskAccount, DeskConfig
+from bot.config.loader import Config
+from bot.config.settings import Settings
+from bot.core.crypto import load_key_material
+from bot.core.envelopes import Inbound
+from bot.core.session import SessionState
+from bot.core.tickets import TicketStatus
+from bot.engine.decision import FrontDeskHandoff
+from bot.ops.logs import configure_logging
+from handoff.web.auth import DeskAuth, desk_secret, sign_in_token
+from handoff.web.desk import COOKIE, safe_next
+from handoff.web.pages import MESSAGES, SIGNIN_ERRORS
 from tests.conftest import CONFIG_DIR, key_env
 from tests.integration.test_desk import audit_actions, hand_off, patient_writes, session_of
 from tests.integration.test_pipeline import mailbox
@@ -608,7 +608,7 @@ async def test_static_files_and_plain_redirects(desk: Desk) -> None:
 # --- command line ----------------------------------------------------------------------------
 def desk_cli(*args: str, cwd: Path, env: dict[str, str],
              stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bot.cli", "desk", *args],
+    return subprocess.run([sys.executable, "-m", "bot.app.cli", "desk", *args],
                           cwd=cwd, env={**os.environ, **env}, input=stdin,
                           capture_output=True, text=True, timeout=60)
 

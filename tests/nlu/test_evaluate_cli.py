@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main
-from bot.config import load_config
+from bot.app.cli.main import main
+from bot.config.loader import load_config
 from nlu.service import load_training_data, training_data_path
 from tests.conftest import CONFIG_DIR
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.config import load_config
+from bot.config.loader import load_config
 from nlu.base import SafetyLevel
 from nlu.evaluate import (
     Outcome,

@@ -13,7 +13,7 @@ CONTRACT_KEYS = ["text", "intent", "confidence", "safety", "safety_cues", "langu
 
 
 def parse(lines: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bot.cli", "nlu", "parse", "--config",
+    return subprocess.run([sys.executable, "-m", "bot.app.cli", "nlu", "parse", "--config",
                            str(CONFIG_DIR)], input="\n".join(lines) + "\n", cwd=REPO,
                           capture_output=True, text=True, timeout=300, check=False)
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from bot.config import load_config
-from bot.crypto import load_key_material
-from bot.engine import Engine
-from bot.envelopes import ConversationKey, Inbound, utcnow
-from bot.session import Session
+from bot.config.loader import load_config
+from bot.core.crypto import load_key_material
+from bot.core.envelopes import ConversationKey, Inbound, utcnow
+from bot.core.session import Session
+from bot.engine.engine import Engine
 from bot.store.memory import MemoryStore
 from nlu.service import NluService
 from tests.conftest import free_port, key_env

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.config import load_config
+from bot.config.loader import load_config
 from nlu.base import SafetyLevel, SafetyResult
 from nlu.safety import LexiconScreen, ModelScores, combine
 from tests.conftest import CONFIG_DIR

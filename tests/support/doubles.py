@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from bot.envelopes import Outbound
-from channels.base import ChannelSendError
+from bot.core.envelopes import Outbound
+from bot.messaging.delivery import ChannelSendError
 
 # A Tuesday morning: every lane in config/coverage.yml is open.
 START = datetime(2025, 3, 11, 10, 0, tzinfo=ZoneInfo("America/New_York")).astimezone(UTC)

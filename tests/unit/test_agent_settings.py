@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from argon2 import PasswordHasher
 
-from bot.config import load_config
-from bot.errors import SecretsError
-from bot.settings import load_settings
+from bot.config.loader import load_config
+from bot.config.settings import load_settings
+from bot.core.errors import SecretsError
 from tests.conftest import key_env
 
 SLACK_SECRETS = {"SLACK_BOT_TOKEN": "xoxb-1-2-abc", "SLACK_SIGNING_SECRET": "f" * 32}

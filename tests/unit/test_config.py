@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import load_config
-from bot.errors import ConfigError
+from bot.config.loader import load_config
+from bot.core.errors import ConfigError
 
 
 def edit(path: Path, old: str, new: str) -> None:
@@ -19,7 +19,7 @@ def edit(path: Path, old: str, new: str) -> None:
 
 
 def check(config_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bot.cli", "config", "check", "--config",
+    return subprocess.run([sys.executable, "-m", "bot.app.cli", "config", "check", "--config",
                            str(config_dir)], capture_output=True, text=True, timeout=60)
 
 

@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from bot.coverage import Coverage
-from bot.engine_config import CoverageFile
+from bot.config.coverage import CoverageFile
+from bot.engine.coverage import Coverage
 
 NY = ZoneInfo("America/New_York")
 LA = ZoneInfo("America/Los_Angeles")

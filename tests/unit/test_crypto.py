@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import load_config
-from bot.crypto import Hasher, Sealer, load_key_material, new_key, parse_data_keys
-from bot.errors import CryptoError, SecretsError
-from bot.settings import load_settings
+from bot.config.loader import load_config
+from bot.config.settings import load_settings
+from bot.core.crypto import Hasher, Sealer, load_key_material, new_key, parse_data_keys
+from bot.core.errors import CryptoError, SecretsError
 from tests.conftest import key_env
 
 
@@ -124,7 +124,7 @@ def test_keys_new_prints_secrets_that_load(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "bot.cli", "keys", "new"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "bot.app.cli", "keys", "new"], capture_output=True,
                          text=True, check=True).stdout
     env = dict(line.split("=", 1) for line in out.strip().splitlines())
     assert set(env) == {"PATIENTBOT_DATA_KEYS", "PATIENTBOT_LOOKUP_KEY",

@@ -8,21 +8,17 @@ from email.message import EmailMessage
 
 import pytest
 
-from bot.channel_config import EmailConfig
-from bot.identity import PatientMatch
-from channels.email import UNVERIFIED, conversation_sender, reply_address
-from channels.email_mime import (
+from bot.config.channels import EmailConfig
+from bot.core.mail import base_subject, build_reply, one_line, reply_subject, valid_address
+from bot.engine.identity import PatientMatch
+from channels.email.adapter import UNVERIFIED, conversation_sender, reply_address
+from channels.email.mime import (
     MailRefused,
     MimeLimits,
     ParsedMail,
-    base_subject,
-    build_reply,
     decode_text,
     html_to_text,
-    one_line,
     parse_mail,
-    reply_subject,
-    valid_address,
 )
 from nlu.text import prepare
 
@@ -356,8 +352,8 @@ def test_config_refuses_line_breaks_in_header_values() -> None:
 
 
 def test_the_channel_refuses_a_from_address_it_could_not_send_from(config) -> None:
-    from bot.errors import ConfigError
-    from channels.email import EmailChannel
+    from bot.core.errors import ConfigError
+    from channels.email.adapter import EmailChannel
 
     channels = config.channels.model_copy(update={"email": EmailConfig(
         enabled=True, from_address="help@localhost", recipients=["help@localhost"])})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.envelopes import AttachmentMeta, ConversationKey, Inbound, Outbound
+from bot.core.envelopes import AttachmentMeta, ConversationKey, Inbound, Outbound
 
 
 def test_inbound_round_trip_with_attachments() -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
-from bot.config import Config
-from bot.coverage import Coverage
-from bot.crypto import KeyMaterial
-from bot.identity import EncryptedPatientDirectory
-from bot.routing import route, window_text
-from handoff.tickets import Priority
+from bot.config.loader import Config
+from bot.core.crypto import KeyMaterial
+from bot.core.tickets import Priority
+from bot.engine.coverage import Coverage
+from bot.engine.identity import EncryptedPatientDirectory
+from bot.engine.routing import route, window_text
 
 NEW_YORK = ZoneInfo("America/New_York")
 

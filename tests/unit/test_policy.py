@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.config import Config
-from bot.envelopes import ConversationKey
-from bot.policy import (
+from bot.config.loader import Config
+from bot.core.envelopes import ConversationKey
+from bot.core.session import IdentityStatus, Session, SessionState
+from bot.engine.policy import (
     CONTACTS_SLOT,
     DUPLICATE_SLOT,
     OUT_OF_SCOPE_SLOT,
@@ -19,7 +20,6 @@ from bot.policy import (
     decide,
     message_fingerprint,
 )
-from bot.session import IdentityStatus, Session, SessionState
 from nlu.base import ParseResult, SafetyLevel
 
 NOW = datetime(2026, 12, 7, 15, 0, tzinfo=UTC)
@@ -192,7 +192,7 @@ def parses(config: Config, safety: st.SearchStrategy[SafetyLevel]) -> st.SearchS
 
 @pytest.fixture(scope="module")
 def module_config() -> Config:
-    from bot.config import load_config
+    from bot.config.loader import load_config
     from tests.conftest import CONFIG_DIR
 
     return load_config(CONFIG_DIR)

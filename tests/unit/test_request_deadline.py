@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from bot.app import RequestDeadline
+from bot.app.web import RequestDeadline
 
 
 async def slow(request):

@@ -10,10 +10,11 @@ from datetime import timedelta
 import pytest
 from structlog.testing import capture_logs
 
-from bot.agent_config import NOTE_FIELDS, SlackConfig
-from bot.config import Config
+from bot.config.agents import NOTE_FIELDS, SlackConfig
+from bot.config.loader import Config
+from bot.core.tickets import HandoffNote, HandoffTicket, Priority, TicketEvent, TicketStatus
 from handoff.desk import OUTCOMES, desk_url
-from handoff.slack_blocks import (
+from handoff.slack.blocks import (
     CLAIM,
     MOVE,
     RELABEL,
@@ -29,7 +30,6 @@ from handoff.slack_blocks import (
     to_plain,
     who,
 )
-from handoff.tickets import HandoffNote, HandoffTicket, Priority, TicketEvent, TicketStatus
 from tests.support.doubles import START
 from tests.support.slack_api import check_blocks
 

@@ -1,0 +1,1 @@
+"""The `patientbot` command line, one module per command group."""

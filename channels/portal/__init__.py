@@ -1,0 +1,1 @@
+"""The patient portal web chat: its HTTP routes and static page."""

@@ -1,0 +1,1 @@
+"""SMS through Twilio: webhook intake and outbound sends."""

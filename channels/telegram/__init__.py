@@ -1,0 +1,1 @@
+"""Telegram through aiogram: webhook intake and outbound sends."""

@@ -1,0 +1,1 @@
+"""Slack for agents: ticket posts, buttons and threads (slack-bolt), escalation notices."""
