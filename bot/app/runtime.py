@@ -71,6 +71,47 @@ def redis_client(url: str, config: Config) -> redis.Redis:
 
 
 @dataclass
+class Backends:
+    """What a process shares with the others: the store, the ingress queue, the audit log
+    (Redis, or in memory for a single-process demo). Ops commands need only these, so they
+    never build the engine or load the NLU model."""
+
+    store: Store
+    queue: IngressQueue
+    audit: AuditLog
+    redis: redis.Redis | None = None
+
+    @property
+    def persistent(self) -> bool:
+        return self.redis is not None
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+def build_backends(config: Config, settings: Settings) -> Backends:
+    keys = settings.keys
+    limits = config.app.limits
+    store_options = {"dedupe_ttl": limits.dedupe_ttl_hours * HOUR,
+                     "retention": limits.retention_days * 24 * HOUR}
+    chain = AuditChain(keys.hasher.derive_key("audit-mac-v1"))
+    if settings.redis_url:
+        client = redis_client(settings.redis_url, config)
+        return Backends(
+            store=RedisStore(client, keys.sealer, keys.hasher, prefix=settings.redis_prefix,
+                             **store_options),
+            queue=RedisIngressQueue(client, prefix=settings.redis_prefix,
+                                    retention=store_options["retention"]),
+            audit=RedisAuditLog(client, chain, prefix=settings.redis_prefix),
+            redis=client)
+    log.warning("REDIS_URL is not set: using in-memory storage; NOTHING PERSISTS "
+                "across restarts and `patientbot worker` cannot join")
+    return Backends(store=MemoryStore(keys.sealer, keys.hasher, **store_options),
+                    queue=MemoryIngressQueue(), audit=MemoryAuditLog(chain))
+
+
+@dataclass
 class Runtime:
     config: Config
     settings: Settings
@@ -100,27 +141,9 @@ class Runtime:
               decision_step: DecisionFactory | None = None,
               clock: Callable[[], datetime] = utcnow) -> Runtime:
         keys = settings.keys
-        limits = config.app.limits
-        store_options = {"dedupe_ttl": limits.dedupe_ttl_hours * HOUR,
-                         "retention": limits.retention_days * 24 * HOUR}
-        client = None
-        queue: IngressQueue
-        store: Store
-        audit: AuditLog
-        chain = AuditChain(keys.hasher.derive_key("audit-mac-v1"))
-        if settings.redis_url:
-            client = redis_client(settings.redis_url, config)
-            store = RedisStore(client, keys.sealer, keys.hasher, prefix=settings.redis_prefix,
-                               **store_options)
-            queue = RedisIngressQueue(client, prefix=settings.redis_prefix,
-                                      retention=store_options["retention"])
-            audit = RedisAuditLog(client, chain, prefix=settings.redis_prefix)
-        else:
-            log.warning("REDIS_URL is not set: using in-memory storage; NOTHING PERSISTS "
-                        "across restarts and `patientbot worker` cannot join")
-            store = MemoryStore(keys.sealer, keys.hasher, **store_options)
-            queue = MemoryIngressQueue()
-            audit = MemoryAuditLog(chain)
+        backends = build_backends(config, settings)
+        store, queue, audit, client = backends.store, backends.queue, backends.audit, \
+            backends.redis
         if keys.generated_dev_keys:
             log.warning("PATIENTBOT_DATA_KEYS is not set: using DEVELOPMENT keys from "
                         f"{config.app.data_dir}/ - never use these with real patient data")

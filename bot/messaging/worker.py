@@ -37,7 +37,7 @@ log = structlog.get_logger("patientbot.worker")
 DEFER_POLL_SECONDS = 0.02
 MAINTENANCE_INTERVAL = 1.0
 READ_BLOCK_SECONDS = 0.5
-# Redis calls run without per-command socket timeouts (see bot.runtime.redis_client); these
+# Redis calls run without per-command socket timeouts (see bot.app.runtime.redis_client); these
 # deadlines keep a hung backend from stalling a worker forever.
 BACKEND_DEADLINE = 5.0
 MAINTENANCE_DEADLINE = 60.0
@@ -81,8 +81,7 @@ class Worker:
                 free = self._concurrency - len(self._tasks)
                 try:
                     async with asyncio.timeout(READ_BLOCK_SECONDS + BACKEND_DEADLINE):
-                        entries = await self._queue.read(self.name, count=free,
-                                                         block=READ_BLOCK_SECONDS)
+                        entries = await self._read_unless_stopped(stop, free)
                 except Exception as err:
                     log.error("ingress read failed", worker=self.name,
                               error_type=type(err).__name__)
@@ -93,6 +92,23 @@ class Worker:
             maintenance.cancel()
             await self._drain()
             log.info("worker stopped", worker=self.name)
+
+    async def _read_unless_stopped(self, stop: asyncio.Event, count: int) -> list[IngressEntry]:
+        """A blocking read that gives up as soon as `stop` is set, so that shutting down does
+        not wait out the block. An entry Redis handed over just as the read was cancelled
+        stays pending on this consumer and is reclaimed, as after a crash."""
+        read = asyncio.ensure_future(self._queue.read(self.name, count=count,
+                                                      block=READ_BLOCK_SECONDS))
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({read, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not read.done():
+                read.cancel()
+        if read.cancelled():
+            return []
+        return read.result()
 
     async def _drain(self) -> None:
         """Let in-flight messages finish; cancel what is still running after the grace

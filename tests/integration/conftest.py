@@ -19,6 +19,15 @@ from tests.conftest import serve_app
 from tests.support.doubles import START, Clock
 
 
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    """One store per integration test: tests/contract proves the memory and Redis stores
+    equivalent. Redis where the behaviour depends on it (modules marked `redis_store`: several
+    processes, leases and locks, what is at rest), memory otherwise. A test may still
+    parametrize `backend` itself."""
+    return "redis" if request.node.get_closest_marker("redis_store") else "memory"
+
+
 @dataclass
 class Live:
     url: str

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bot.core.crypto import load_key_material
 from bot.store.audit import AuditChain, AuditEvent, RedisAuditLog
 from bot.store.ingress import RedisIngressQueue
@@ -56,3 +58,47 @@ async def test_audit_verify_reports_the_head_and_detects_tampering(redis_client,
     bad = run("audit", "verify", prefix=prefix, cwd=tmp_path, env=secrets)
     assert bad.returncode == 1
     assert bad.stderr.strip() == "audit log BROKEN: entry 1 is missing (found 2 next)"
+
+
+# Modules that mean the NLU model was loaded or trained (the lexicon and the config models
+# are read by `config check` itself and are cheap).
+MODEL_MODULES = ("nlu.service", "nlu.embedded", "sklearn")
+PROBE = """
+import sys
+
+import pytest
+from bot.app.cli.main import main
+code = main(sys.argv[1:])
+loaded = [m for m in sys.modules if m.startswith({modules!r})]
+print("loaded:", ",".join(loaded))
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("command", [("audit", "verify"), ("ingress", "dead-letters"),
+                                     ("config", "check"), ("desk", "token", "demo")],
+                         ids=" ".join)
+def test_ops_commands_never_load_the_nlu_model(command: tuple[str, ...], prefix: str,
+                                               tmp_path: Path) -> None:
+    env = {**os.environ, **key_env(), "REDIS_URL": redis_url(), "PATIENTBOT_REDIS_PREFIX": prefix}
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE.format(modules=MODEL_MODULES), *command,
+         "--config", str(CONFIG_DIR)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("loaded:"), result.stdout
+
+
+def test_a_replaced_decision_step_is_refused_in_production(config_dir: Path,
+                                                           tmp_path: Path) -> None:
+    app = config_dir / "app.yml"
+    app.write_text(app.read_text().replace("environment: development",
+                                           "environment: production"))
+    env = {**os.environ, **key_env(), "PATIENTBOT_DECISION_STEP":
+           "bot.engine.decision:FrontDeskHandoff"}
+    result = subprocess.run([sys.executable, "-m", "bot.app.cli", "worker", "--config",
+                             str(config_dir)], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(
+        "patientbot: config error: app.yml: environment: production refuses --decision-step")

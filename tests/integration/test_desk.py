@@ -27,6 +27,8 @@ from tests.integration.test_phi_at_rest import dump_everything
 from tests.integration.test_pipeline import mailbox, portal_message
 from tests.support.doubles import START, Clock, RecordingSms
 
+pytestmark = pytest.mark.redis_store
+
 
 async def patient_writes(runtime: Runtime, inbound: Inbound) -> None:
     """One patient message through the real pipeline and outbox (no worker loop)."""

@@ -24,6 +24,8 @@ from tests.conftest import redis_url, run_workers_until
 from tests.integration.test_desk import hand_off, session_of
 from tests.support.doubles import START, Clock
 
+pytestmark = pytest.mark.redis_store
+
 NEW_YORK = ZoneInfo("America/New_York")
 
 

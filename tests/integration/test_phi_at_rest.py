@@ -16,6 +16,8 @@ from bot.ops.logs import configure_logging
 from tests.conftest import redis_url
 from tests.support.doubles import RecordingSms
 
+pytestmark = pytest.mark.redis_store
+
 CANARY_NAME = "Zebedee Quillfeather"
 CANARY_DOB = "1971-05-09"
 CANARY_PHONE = "+16175550199"

@@ -16,6 +16,8 @@ from bot.engine.decision import FOLLOWUP_ACK_INTERVAL, FrontDeskHandoff
 from bot.ops.logs import configure_logging
 from tests.conftest import run_workers_until
 
+pytestmark = pytest.mark.redis_store
+
 
 def portal_message(text: str, *, client_id: str, patient: str = "P1001") -> Inbound:
     return Inbound(channel="portal", sender=patient, provider_message_id=f"sid:{client_id}",

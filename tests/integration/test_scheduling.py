@@ -21,6 +21,8 @@ from bot.core.crypto import KeyMaterial
 from bot.engine.scheduling import Booking, EmbeddedScheduler, Slot
 from bot.store.redis import RedisStore
 
+pytestmark = pytest.mark.redis_store
+
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 TZ = ZoneInfo("America/New_York")
 NOW = datetime(2026, 12, 7, 8, 0, tzinfo=TZ)  # a Monday

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.app.cli.desk import add_desk_commands
 from bot.app.cli.engine import add_engine_commands
@@ -16,6 +17,9 @@ from bot.config.loader import DEFAULT_CONFIG_DIR, Config, load_config
 from bot.config.settings import load_settings
 from bot.core.errors import ConfigError, SecretsError
 from bot.ops.logs import configure_logging
+
+if TYPE_CHECKING:
+    from bot.app.runtime import Backends
 
 EXIT_CONFIG = 2
 
@@ -37,6 +41,11 @@ def _runtime(args: argparse.Namespace):  # noqa: ANN202 - imported lazily to kee
     from bot.app.runtime import Runtime, load_decision_step
 
     config = _load(args)
+    if args.decision_step and config.app.environment == "production":
+        # A test double replacing the engine must never answer real patients.
+        raise ConfigError("app.yml", "environment", "production refuses --decision-step / "
+                          "PATIENTBOT_DECISION_STEP (replacing the engine is for tests and "
+                          "drills only)")
     return Runtime.build(config, load_settings(config),
                          decision_step=load_decision_step(args.decision_step))
 
@@ -93,20 +102,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _run_operation(args: argparse.Namespace, command: str, operation) -> int:  # noqa: ANN001
-    """Run `await operation(runtime)` (returning the exit code) on a Redis-backed runtime."""
+    """Run `await operation(backends)` (returning the exit code) on the shared Redis storage
+    alone: no engine, no NLU model, no channels."""
+    from bot.app.runtime import build_backends
+
     async def main() -> int:
-        runtime = _shared_runtime(args, command)
+        config = _load(args)
+        backends = build_backends(config, load_settings(config))
         try:
-            return await operation(runtime)
+            if not backends.persistent:
+                raise SecretsError(f"`patientbot {command}` needs REDIS_URL: in-memory storage "
+                                   "cannot be shared between processes")
+            return await operation(backends)
         finally:
-            await runtime.close()
+            await backends.close()
 
     return asyncio.run(main())
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
-    async def operation(runtime) -> int:  # noqa: ANN001
-        queue = runtime.ingress.queue
+    async def operation(backends: Backends) -> int:
+        queue = backends.queue
         if args.requeue:
             print(f"requeued {await queue.requeue_dead_letters()} dead-letter entries")
         else:
@@ -118,8 +134,8 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    async def operation(runtime) -> int:  # noqa: ANN001
-        check = await runtime.audit.verify()
+    async def operation(backends: Backends) -> int:
+        check = await backends.audit.verify()
         if not check.ok:
             print(f"audit log BROKEN: {check.problem}", file=sys.stderr)
             return 1
@@ -153,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def with_decision_step(p: argparse.ArgumentParser) -> None:
         p.add_argument("--decision-step", default=os.environ.get("PATIENTBOT_DECISION_STEP"),
-                       help="module:factory of the decision step (default: front-desk handoff)")
+                       help="module:factory replacing the conversation engine, for tests "
+                            "and drills (default: the engine; refused in production)")
 
     serve = with_config(commands.add_parser("serve", help="run the web app and workers"))
     serve.add_argument("--host", default="127.0.0.1")
