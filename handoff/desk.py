@@ -351,7 +351,7 @@ class AgentDesk:
     async def move(self, ticket_id: str, agent: str, lane: str) -> HandoffTicket:
         """Re-queue the ticket in another lane: unclaimed again, in the new lane's index
         (and out of the old one) in the same write, the note's queue, owner and escalation
-        re-routed for the new lane (`bot.routing.route`, by the clock), and its escalation
+        re-routed for the new lane (`bot.engine.routing.route`, by the clock), and its escalation
         timers started afresh on the new lane's SLA. The callback promised to the patient
         stands. A claimed ticket may be moved by its owner only."""
         actor = _actor(agent)

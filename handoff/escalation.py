@@ -4,7 +4,7 @@ Timers live in the store (Redis: a due-time sorted set plus sealed payloads), so
 restarts; every worker runs `EscalationSweeper.sweep` in its maintenance loop, and each due
 timer is leased atomically to one sweeper, so two workers never fire the same timer.
 
-For a new ticket (scheduled in the same atomic commit that stores it, see `bot.pipeline`):
+For a new ticket (scheduled in the same atomic commit that stores it, see `bot.messaging.pipeline`):
 
 - unclaimed past its lane's ``ack_sla_minutes`` -> ``renotify`` (the lane owner), then after
   another SLA period still unclaimed -> ``backup`` (the queue's backup owner), then ->
@@ -17,7 +17,7 @@ For a new ticket (scheduled in the same atomic commit that stores it, see `bot.p
 
 Every step fired is recorded in the ticket's history and audited (actor ``system``), then
 handed to an `EscalationNotifier`: the default one only records; Slack
-(`handoff/slack_notices.py`) and email (`handoff/email_notices.py`) implement it. Steps are
+(`handoff/slack/notices.py`) and email (`handoff/email_notices.py`) implement it. Steps are
 fired at least once: a sweeper that dies between notifying and recording
 leaves the timer to be fired again after its lease.
 """
@@ -109,7 +109,7 @@ class RecordingNotifier:
 
 
 class EscalationSweeper:
-    """Fires due timers. Run by every worker (bot/worker.py); safe to run in many places."""
+    """Fires due timers. Run by every worker (bot/messaging/worker.py); safe to run in many places."""
 
     def __init__(self, config: Config, store: Store, audit: AuditLog, *,
                  notifier: EscalationNotifier | None = None,

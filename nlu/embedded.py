@@ -3,7 +3,7 @@
 Features are TF-IDF word uni/bigrams plus character n-grams within words (robust to typos,
 shorthand and missing accents). Two calibrated linear SVMs share them: the contact-reason classifier
 and the trained safety component (emergency / clinical / none). The method was chosen by
-cross-validation and held-out measurement (README, "NLU").
+cross-validation and held-out measurement (docs/nlu.md).
 
 Trained models are cached under the data directory, keyed by a hash of the training data, the
 NLU config and this module's version, so a change to any of them retrains at start-up.
@@ -81,7 +81,7 @@ class CalibratedLinear:
     message.
 
     Chosen by measurement: as accurate as logistic regression on this data and several
-    times faster to train (README, "NLU")."""
+    times faster to train (docs/nlu.md)."""
 
     classes_: np.ndarray
     weights: np.ndarray  # features x (folds * classes)

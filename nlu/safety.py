@@ -66,7 +66,7 @@ def _languages(section: Any) -> Iterable[str]:
 
 class LexiconScreen:
     def __init__(self, lexicon: Any, *, known_words: Iterable[str] = ()) -> None:
-        """`lexicon` is the validated config/safety.yml (`bot.config.SafetyLexicon`)."""
+        """`lexicon` is the validated config/safety.yml (`nlu.config.SafetyLexicon`)."""
         # Emergency patterns first, so a sentence's emergency cue is judged before its
         # clinical ones.
         entries = [(pattern, _Cue(level, name))

@@ -97,8 +97,11 @@ def train_model(config: NluSite, data: TrainingData | None = None) -> EmbeddedMo
 
 def load_or_train(config: NluSite, *, cache_dir: Path | None = None) -> tuple[EmbeddedModel, bool]:
     """The cached model for the current data and config, training it when stale.
-    Returns (model, trained_now)."""
-    cache = ModelCache(cache_dir or Path(config.app.data_dir) / "nlu")
+    Returns (model, trained_now). The cache is `cache_dir`, else PATIENTBOT_NLU_CACHE (one
+    directory several processes share: a test run, or models trained into an image), else
+    the data directory's nlu/."""
+    shared = os.environ.get("PATIENTBOT_NLU_CACHE")
+    cache = ModelCache(cache_dir or (Path(shared) if shared else Path(config.app.data_dir) / "nlu"))
     key = model_key(config)
     model = cache.load(key)
     if model is not None:

@@ -5,7 +5,7 @@
 #      into .rasa-models/ (reused while data and config are unchanged);
 #   3. serves each model with `rasa run --enable-api` on a free local port;
 #   4. runs tests/rasa (pytest -m rasa) against the DIET server, then prints
-#      `python -m nlu.compare` (embedded NLU vs both Rasa models on the held-out sets).
+#      `python -m bot.app.nlu_compare` (embedded NLU vs both Rasa models on the held-out sets).
 # NLU_DATA=path overrides the training file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -109,4 +109,4 @@ serve logreg "$logreg_model"; logreg_url=$url
 echo "test-rasa: diet at $diet_url, logreg at $logreg_url" >&2
 
 RASA_URL=$diet_url .venv/bin/python -m pytest -q -m rasa tests/rasa
-.venv/bin/python -m nlu.compare --rasa "diet=$diet_url" --rasa "logreg=$logreg_url"
+.venv/bin/python -m bot.app.nlu_compare --rasa "diet=$diet_url" --rasa "logreg=$logreg_url"

@@ -51,6 +51,20 @@ def key_env() -> dict[str, str]:
             "PATIENTBOT_SESSION_SECRET": new_key()}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_nlu_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One NLU model cache for the whole run, subprocesses included: each distinct model is
+    trained once, not once per test directory."""
+    cache = tmp_path_factory.mktemp("nlu-cache")
+    previous = os.environ.get("PATIENTBOT_NLU_CACHE")
+    os.environ["PATIENTBOT_NLU_CACHE"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("PATIENTBOT_NLU_CACHE", None)
+    else:
+        os.environ["PATIENTBOT_NLU_CACHE"] = previous
+
+
 @pytest.fixture
 def keys(tmp_path: Path) -> KeyMaterial:
     return load_key_material(key_env(), tmp_path / "unused")

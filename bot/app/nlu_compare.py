@@ -1,6 +1,6 @@
 """Embedded NLU vs Rasa servers on the held-out sets, as one markdown table.
 
-    python -m nlu.compare --rasa diet=http://127.0.0.1:5005 --rasa logreg=http://...
+    python -m bot.app.nlu_compare --rasa diet=http://127.0.0.1:5005 --rasa logreg=http://...
 
 `make test-rasa` runs it. The held-out files are nlu/data/test/{en,es}_{emergency,clinical,
 non_clinical}.yml (Rasa YAML; `*_blind_*` files are reported as a separate set); the file name
@@ -180,7 +180,7 @@ def _name_url(value: str) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nlu.compare", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bot.app.nlu_compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rasa", action="append", type=_name_url, default=[],
                         metavar="NAME=URL", help="a Rasa server to compare (repeatable)")

@@ -20,7 +20,7 @@ from bot.config.settings import Settings
 from bot.core.envelopes import utcnow
 from bot.engine.decision import DecisionStep
 from bot.engine.identity import EncryptedPatientDirectory, PatientDirectory
-from bot.messaging.delivery import ChannelRegistry
+from bot.messaging.delivery import ChannelRegistry, phi_gate
 from bot.messaging.intake import Intake
 from bot.messaging.outbox import OutboxDispatcher
 from bot.messaging.pipeline import Pipeline
@@ -159,7 +159,8 @@ class Runtime:
         for name in channels.names():
             metrics.show_channel(name)
         lease = config.app.workers.lock_ttl_seconds
-        dispatcher = OutboxDispatcher(store, channels, audit, lease_seconds=lease)
+        dispatcher = OutboxDispatcher(store, channels, audit, phi_gate=phi_gate(config),
+                                      lease_seconds=lease)
         if decision_step is None:
             from bot.engine.engine import Engine
 

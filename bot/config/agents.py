@@ -2,7 +2,7 @@
 and who is emailed about escalations.
 
 Secrets never live here: the Slack signing secret and bot token (and the app-level token
-for Socket Mode) and the SMTP relay password come from the environment (`bot.settings`).
+for Socket Mode) and the SMTP relay password come from the environment (`bot.config.settings`).
 Desk passwords are stored only as argon2 hashes (`patientbot desk hash-password` makes one).
 """
 
@@ -34,7 +34,7 @@ _SLACK_MENTION = r"^(U|W|S)[A-Z0-9]{2,20}$"  # a user (U/W) or a user group (S) 
 
 
 class SlackConfig(ConfigModel):
-    """A Slack workspace where agents claim and work handoffs (handoff/slack_*.py)."""
+    """A Slack workspace where agents claim and work handoffs (handoff/slack/)."""
 
     enabled: bool = False
     # http: Slack sends events to POST /slack/events (needs a public HTTPS URL);
@@ -112,7 +112,7 @@ class DeskAccount(ConfigModel):
 
 
 class DeskConfig(ConfigModel):
-    """The web agent desk at /agent/ (handoff/web_desk.py)."""
+    """The web agent desk at /agent/ (handoff/web/desk.py)."""
 
     enabled: bool = True
     idle_minutes: int = Field(15, ge=1, le=240)  # signed out after this long without use

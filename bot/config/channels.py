@@ -1,7 +1,7 @@
 """Typed model of config/channels.yml: which patient channels run and their limits.
 
 Provider secrets (Twilio auth token, Telegram bot token and webhook secret, SMTP and IMAP
-passwords) never live here: they come from the environment (`bot.settings.CHANNEL_SECRETS`).
+passwords) never live here: they come from the environment (`bot.config.settings.CHANNEL_SECRETS`).
 """
 
 from __future__ import annotations

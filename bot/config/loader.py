@@ -1,7 +1,7 @@
 """Operator configuration: config/*.yml validated into typed models at start-up.
 
 Every problem becomes one `ConfigError` naming the file, the key path and the problem. Secrets
-never live here (see `bot.settings`); unknown keys are refused so a misplaced secret or a
+never live here (see `bot.config.settings`); unknown keys are refused so a misplaced secret or a
 typo cannot pass silently.
 """
 

@@ -30,7 +30,7 @@ class Ask(ConfigModel):
 
 
 class Action(ConfigModel):
-    """Call a built-in action (see bot/actions.py); `outcomes` maps its result to a step."""
+    """Call a built-in action (see bot/engine/actions.py); `outcomes` maps its result to a step."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_.]{0,63}$")
     outcomes: dict[str, str] = {}

@@ -1,6 +1,6 @@
 """The decision step: what happens to one inbound message.
 
-`DecisionStep` is the seam the engine (bot/engine.py) fills. `FrontDeskHandoff` hands every
+`DecisionStep` is the seam the engine (bot/engine/engine.py) fills. `FrontDeskHandoff` hands every
 new request to the front_desk lane with a note; the pipeline-mechanics tests and benchmark
 use it so they measure the pipeline, not the NLU. A decision is data; the pipeline turns it
 into a committed turn.

@@ -111,7 +111,7 @@ class Scheduler(Protocol):
 
 
 class HolidayCalendar(Protocol):
-    """What the scheduler needs from `bot.coverage.Coverage`."""
+    """What the scheduler needs from `bot.engine.coverage.Coverage`."""
 
     def holiday(self, schedule: str, day: date) -> str | None:
         """The holiday's name when `schedule` is closed for a holiday on `day`."""

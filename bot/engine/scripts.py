@@ -1,7 +1,7 @@
 """The generic script runner: executes approved YAML scripts (config/scripts/) step by step.
 
 Scripts contain no code: `ask` waits for the patient, `say` and `end` send approved text,
-`action` calls a built-in action (bot/actions.py), `branch` picks by a field, `handoff`
+`action` calls a built-in action (bot/engine/actions.py), `branch` picks by a field, `handoff`
 ends in a human queue. The runner stops at the first `ask`, `end` or `handoff`; the engine
 keeps where it stopped in the session and calls `answer` with the next message.
 """

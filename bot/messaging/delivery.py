@@ -3,6 +3,8 @@ channel-safe text of a reply."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol
 
 from bot.config.loader import Config
@@ -20,6 +22,9 @@ class ChannelSendError(PatientbotError):
 
 class ChannelAdapter(Protocol):
     name: str
+    # Whether this channel may carry protected health information. The outbox sends a PHI
+    # reply to a channel that may not as the portal pointer instead (adapters never decide).
+    phi_allowed: bool
 
     async def send(self, message: Outbound) -> str | None:
         """Deliver one reply; return the provider's message id if it has one.
@@ -58,9 +63,12 @@ def channel_text(config: Config, name: str, language: str | None = None) -> str:
             .replace("{portal_url}", portal_url(config)))
 
 
-def text_for_channel(config: Config, message: Outbound, *, phi_allowed: bool) -> str:
-    """What a channel may send: the reply, or a portal pointer when it discloses PHI and the
-    channel must not carry PHI."""
-    if message.phi and not phi_allowed:
-        return channel_text(config, "phi_redirect", message.language)
-    return message.text
+def phi_gate(config: Config) -> Callable[[Outbound, ChannelAdapter], Outbound]:
+    """The outbox's PHI gate: a reply that discloses PHI, bound for a channel that must not
+    carry PHI (or that does not say), leaves as the portal pointer instead."""
+    def gate(message: Outbound, adapter: ChannelAdapter) -> Outbound:
+        if message.phi and not getattr(adapter, "phi_allowed", False):
+            return replace(message, text=channel_text(config, "phi_redirect", message.language),
+                           phi=False)
+        return message
+    return gate

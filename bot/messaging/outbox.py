@@ -7,12 +7,12 @@ whose lease ran out (a worker died between commit and send, or a send failed).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import structlog
 
 from bot.core.envelopes import Outbound
-from bot.messaging.delivery import ChannelRegistry, ChannelSendError
+from bot.messaging.delivery import ChannelAdapter, ChannelRegistry, ChannelSendError
 from bot.ops import metrics
 from bot.store import Store
 from bot.store.audit import AuditEvent, AuditLog
@@ -26,7 +26,9 @@ RETRY_DELAYS = (1.0, 5.0, 30.0, 120.0, 600.0)
 
 class OutboxDispatcher:
     def __init__(self, store: Store, channels: ChannelRegistry, audit: AuditLog, *,
+                 phi_gate: Callable[[Outbound, ChannelAdapter], Outbound],
                  lease_seconds: float = 30.0) -> None:
+        self._phi_gate = phi_gate
         self._store = store
         self._audit = audit
         self._channels = channels
@@ -48,7 +50,8 @@ class OutboxDispatcher:
         try:
             # Half the lease: a send still running when the lease ends could be sent twice.
             async with asyncio.timeout(self._lease / 2):
-                provider_id = await self._channels.get(message.channel).send(message)
+                adapter = self._channels.get(message.channel)
+                provider_id = await adapter.send(self._phi_gate(message, adapter))
         except Exception as err:
             metrics.SEND_FAILURES.labels(channel=message.channel).inc()
             if isinstance(err, ChannelSendError) and not err.retryable:

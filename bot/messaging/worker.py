@@ -28,7 +28,7 @@ from bot.store.ingress import Ingress, IngressEntry
 
 class Sweeper(Protocol):
     """Periodic work every worker runs (each implementation makes itself safe to run in many
-    processes at once): `handoff.escalation.EscalationSweeper`, `handoff.slack.SlackAgents`."""
+    processes at once): `handoff.escalation.EscalationSweeper`, `handoff.slack.agents.SlackAgents`."""
 
     async def sweep(self) -> int: ...
 

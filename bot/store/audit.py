@@ -1,4 +1,4 @@
-"""Tamper-evident audit log: who read, wrote or disclosed what, when (DESIGN.md section 6).
+"""Tamper-evident audit log: who read, wrote or disclosed what, when.
 
 Entries carry codes and ids only (action, actor, conversation id, a reference such as an entry,
 ticket or outbound id), never patient data. Each entry is chained to the one before it: its

@@ -2,7 +2,7 @@
 
 Inbound comes either from our own SMTP listener (aiosmtpd's protocol on the app's event loop,
 behind the organisation's MTA) or, in `imap` mode, from polling an existing mailbox. Either
-way a message is checked (size, recipients, MIME limits: `channels.email_mime`), automated
+way a message is checked (size, recipients, MIME limits: `channels.email.mime`), automated
 mail (auto-replies, bounces, lists) is accepted but never answered, and the rest goes to
 `Intake`; the SMTP client gets its 250 (or the IMAP message its \\Seen flag) only once the
 envelope is durably queued. A flood from one address gets 451, so the sender's MTA retries.
@@ -47,7 +47,7 @@ from bot.core.crypto import Hasher
 from bot.core.envelopes import Inbound, Outbound
 from bot.core.errors import ConfigError
 from bot.core.mail import build_reply, reply_subject, valid_address
-from bot.messaging.delivery import ChannelSendError, text_for_channel
+from bot.messaging.delivery import ChannelSendError
 from bot.messaging.intake import Intake, IntakeResult, reject
 from bot.messaging.relay import relay_send
 from bot.store import Store
@@ -172,11 +172,13 @@ class EmailChannel:
     """The email patient channel (PatientChannel): listener or IMAP poller, and the relay."""
 
     name = CHANNEL
+    phi_allowed: bool
 
     def __init__(self, config: Config, *, intake: Intake, store: Store, hasher: Hasher,
                  secrets: Mapping[str, str]) -> None:
         self._config = config
         self._email = email = config.channels.email
+        self.phi_allowed = self._email.phi_allowed
         if not valid_address(email.from_address.lower()):
             raise ConfigError("channels.yml", "email.from_address",
                               "not a plain email address (replies come from it)")
@@ -394,8 +396,7 @@ class EmailChannel:
         try:
             reply = build_reply(from_address=email.from_address, from_name=email.from_name,
                                 to=to, subject=subject,
-                                text=text_for_channel(self._config, message,
-                                                      phi_allowed=email.phi_allowed),
+                                text=message.text,
                                 domain=self._hostname, in_reply_to=in_reply_to,
                                 references=tuple(thread.get("references", ())))
         except ValueError:

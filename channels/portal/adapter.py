@@ -48,6 +48,7 @@ class PortalAdapter:
     """Outbound side: a reply 'sent' on the portal lands in the conversation's mailbox."""
 
     name = CHANNEL
+    phi_allowed = True  # the signed-in portal is where PHI may be read
 
     def __init__(self, store: Store) -> None:
         self._store = store

@@ -49,7 +49,7 @@ from bot.core.crypto import Hasher
 from bot.core.envelopes import AttachmentMeta, Inbound, Outbound, utcnow
 from bot.core.errors import ConfigError, SecretsError
 from bot.core.http import Refused, read_body
-from bot.messaging.delivery import ChannelSendError, channel_text, portal_url, text_for_channel
+from bot.messaging.delivery import ChannelSendError, channel_text, portal_url
 from bot.messaging.intake import Intake, IntakeResult, reject
 from bot.ops import metrics
 from bot.store import Store
@@ -285,6 +285,7 @@ class SmsChannel:
     """Twilio SMS: webhooks in, Messages API out. See the module docstring."""
 
     name = CHANNEL
+    phi_allowed: bool
 
     def __init__(self, config: Config, *, intake: Intake, store: Store, hasher: Hasher,
                  secrets: Mapping[str, str]) -> None:
@@ -298,6 +299,7 @@ class SmsChannel:
             raise SecretsError("TWILIO_AUTH_TOKEN is not set (channels.yml sms is enabled)")
         self._config = config
         self._sms = sms
+        self.phi_allowed = self._sms.phi_allowed
         self._intake = intake
         self._store = store
         self._hasher = hasher
@@ -495,7 +497,7 @@ class SmsChannel:
         if await self.opted_out(message.recipient):
             log.info("sms send refused", reason="opted_out", outbound=message.id)
             raise ChannelSendError("recipient opted out of SMS", retryable=False)
-        text = text_for_channel(self._config, message, phi_allowed=self._sms.phi_allowed)
+        text = message.text
         pointer = " " + TRUNCATION_POINTER.get(message.language, TRUNCATION_POINTER["en"]) \
             .format(url=portal_url(self._config))
         bodies = message_bodies(fit_segments(text, self._sms.max_segments, pointer))

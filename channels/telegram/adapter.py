@@ -52,7 +52,7 @@ from bot.core.crypto import Hasher
 from bot.core.envelopes import AttachmentMeta, Inbound, Outbound
 from bot.core.errors import ConfigError, SecretsError
 from bot.core.http import Refused, read_body
-from bot.messaging.delivery import ChannelSendError, channel_text, text_for_channel
+from bot.messaging.delivery import ChannelSendError, channel_text
 from bot.messaging.intake import Intake, IntakeResult, reject
 from bot.store import Store
 
@@ -222,11 +222,13 @@ class TelegramChannel:
     """The Telegram patient channel (a `PatientChannel`)."""
 
     name = CHANNEL
+    phi_allowed: bool
 
     def __init__(self, config: Config, *, intake: Intake, store: Store, hasher: Hasher,
                  secrets: Mapping[str, str]) -> None:
         self._config = config
         self._telegram = config.channels.telegram
+        self.phi_allowed = self._telegram.phi_allowed
         self._intake = intake
         self._store = store
         self._hasher = hasher
@@ -414,7 +416,7 @@ class TelegramChannel:
         except ValueError:
             raise ChannelSendError("telegram recipient is not a chat id", retryable=False) \
                 from None
-        text = text_for_channel(self._config, message, phi_allowed=self._telegram.phi_allowed)
+        text = message.text
         parts = split_text(text)
         if len(parts) == 1:
             return await self._send_text(chat_id, parts[0])

@@ -19,8 +19,8 @@ otherwise; a signed body that cannot be read is a 400.
   internal notes; elsewhere nothing is relayed and the writer is pointed at the web desk.
 - Only members of our own workspace (auth.test's team) act: guests from other workspaces
   (Slack Connect) are refused.
-- Notes are kept up to date by reconciliation (`handoff.slack_sync`), escalation notices
-  come from `handoff.slack_notices`, and what is shown is built in `handoff.slack_blocks`.
+- Notes are kept up to date by reconciliation (`handoff.slack.sync`), escalation notices
+  come from `handoff.slack.notices`, and what is shown is built in `handoff.slack.blocks`.
 
 Slack retries an event it thinks we missed, so each `event_id` is processed once: marked
 "processing" for a short while, "done" once processed, and released if processing did not
@@ -205,7 +205,7 @@ class SlackAgents:
             await asyncio.wait(set(self._tasks))
 
     async def sweep(self, *, force: bool = False) -> int:
-        """One reconciliation round (`handoff.slack_sync`), at most every `sync_seconds`
+        """One reconciliation round (`handoff.slack.sync`), at most every `sync_seconds`
         in this process unless `force`; returns the Slack calls made."""
         now = time.monotonic()
         if not force and now < self._next_round:
@@ -350,9 +350,11 @@ class SlackAgents:
 
     def _carries_phi(self, channel: str) -> bool:
         """Whether a patient channel may carry PHI (`channels.yml <channel>.phi_allowed`;
-        the portal chat always may)."""
+        the portal chat always may, a channel that does not say may not)."""
+        if channel == "portal":
+            return True
         settings = getattr(self._config.channels, channel, None)
-        return bool(getattr(settings, "phi_allowed", True))
+        return bool(getattr(settings, "phi_allowed", False))
 
     async def _resolve(self, ticket_id: str, user: str, outcome: str) -> None:
         await self._desk.resolve(ticket_id, user, outcome)

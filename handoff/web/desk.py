@@ -1,13 +1,13 @@
 """The web agent desk at /agent/: where Slack is not configured, agents work handoffs here;
 it is also the secure view minimum-necessary Slack notes link to (`desk_url`).
 
-Server-rendered pages (handoff/desk_pages.py) over the agent desk (handoff/desk.py): queues
+Server-rendered pages (handoff/web/pages.py) over the agent desk (handoff/desk.py): queues
 per lane, a ticket's note and transcript (every view audited by `AgentDesk.transcript`), and
 forms for claim, reply, resolve, return to bot, move and relabel. Forms POST with the
 session's CSRF token and answer with a redirect (POST-redirect-GET); refusals are shown as
 plain messages from a code, never with patient data.
 
-Sign-in (handoff/desk_auth.py): account + argon2 password, or a signed single-use link.
+Sign-in (handoff/web/auth.py): account + argon2 password, or a signed single-use link.
 Sessions are server-side, named by an HttpOnly SameSite=Strict cookie on /agent, and end
 after `idle_minutes` without activity or `absolute_hours` at most. desk.js refreshes the
 queue page every few seconds as a *passive* poll (``X-Desk-Poll: passive``), which does not
@@ -65,7 +65,7 @@ def safe_next(value: str | None) -> str:
 
 
 class WebDesk:
-    """The /agent/ routes. `secret`: `handoff.desk_auth.desk_secret(keys)`."""
+    """The /agent/ routes. `secret`: `handoff.web.auth.desk_secret(keys)`."""
 
     def __init__(self, config: Config, *, desk: AgentDesk, store: Store, audit: AuditLog,
                  secret: bytes, clock: Callable[[], datetime] = utcnow) -> None:

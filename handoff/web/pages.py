@@ -1,4 +1,4 @@
-"""Server-rendered HTML of the web agent desk (handoff/web_desk.py).
+"""Server-rendered HTML of the web agent desk (handoff/web/desk.py).
 
 Everything dynamic goes through `html.escape`: patient text is untrusted, and so is anything
 an agent typed. No inline scripts or styles (the app's CSP forbids them): behaviour is in

@@ -1,7 +1,7 @@
 """`patientbot nlu test` and `patientbot nlu check` end to end, through the CLI entry point.
 
 Cross-validation runs with 2 folds to keep the suite fast; the full model comes from the
-shared cache under .data/nlu.
+run's shared cache (PATIENTBOT_NLU_CACHE, set in tests/conftest.py).
 """
 
 from __future__ import annotations

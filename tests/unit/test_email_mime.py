@@ -1,4 +1,4 @@
-"""Email parsing and composing (channels/email_mime.py): limits, decoding, automated mail,
+"""Email parsing and composing (channels/email/mime.py): limits, decoding, automated mail,
 Authentication-Results, and replies that cannot carry injected headers."""
 
 from __future__ import annotations
