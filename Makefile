@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast test-rasa lint install bench bench-nlu bench-engine bench-desk config-check clean
+.PHONY: run test test-fast test-rasa lint install bench bench-nlu bench-engine bench-desk bench-ops config-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ bench-engine: $(STAMP)
 # Agent desk on Redis: claim race between agents, owner replies, escalation sweeps.
 bench-desk: $(STAMP)
 	scripts/with-redis.sh $(BIN)/python benchmarks/desk_bench.py $(BENCH_ARGS)
+
+# Ops commands by hand (config check, audit verify, ingress dead-letters, desk token): < 2 s each.
+bench-ops: $(STAMP)
+	scripts/with-redis.sh $(BIN)/python benchmarks/ops_bench.py $(BENCH_ARGS)
 
 config-check: $(STAMP)
 	$(BIN)/patientbot config check

@@ -109,7 +109,8 @@ class RecordingNotifier:
 
 
 class EscalationSweeper:
-    """Fires due timers. Run by every worker (bot/messaging/worker.py); safe to run in many places."""
+    """Fires due timers. Run by every worker (bot/messaging/worker.py); safe to run in many
+    places."""
 
     def __init__(self, config: Config, store: Store, audit: AuditLog, *,
                  notifier: EscalationNotifier | None = None,

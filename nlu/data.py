@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from bot.core.errors import PatientbotError
 from nlu.base import SafetyLevel
 
 # libyaml's safe loader where available: several times faster on the training data.
@@ -24,7 +25,7 @@ _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _ANNOTATION = re.compile(r"\[([^\]]+)\](?:\([^)]*\)|\{[^}]*\})")
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(PatientbotError, ValueError):
     """Malformed training data; the message names the file and the item."""
 
 

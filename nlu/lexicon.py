@@ -18,6 +18,7 @@ from typing import Generic, TypeVar
 from rapidfuzz import process
 from rapidfuzz.distance import OSA
 
+from bot.core.errors import PatientbotError
 from nlu.text import fold_words
 
 T = TypeVar("T")
@@ -31,7 +32,7 @@ _MIN_FUZZY_LENGTH = 5
 _LONG_WORD = 9  # two typos allowed from this length ("visiting" must not become "vomiting")
 
 
-class PatternError(ValueError):
+class PatternError(PatientbotError, ValueError):
     """An invalid lexicon pattern; the message says what is wrong (never patient text)."""
 
 

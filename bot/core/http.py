@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
+from bot.core.errors import PatientbotError
 
-class Refused(Exception):
+
+class Refused(PatientbotError):
     """An inbound request a channel answers with an error and does not queue: the HTTP
     status, a reason code (metric label, logs) and a short message (never patient data)."""
 

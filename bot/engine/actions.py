@@ -14,6 +14,7 @@ from datetime import datetime, time
 from zoneinfo import ZoneInfo
 
 from bot.config.loader import Config
+from bot.core.errors import PatientbotError
 from bot.engine.answers import OPTIONS_FIELD
 from bot.engine.coverage import Coverage
 from bot.engine.knowledge import KnowledgeBase
@@ -44,7 +45,7 @@ class ActionContext:
 Action = Callable[[ActionContext], Awaitable[str]]
 
 
-class ActionError(Exception):
+class ActionError(PatientbotError):
     """An action could not run (no verified patient, unknown action): the engine hands off."""
 
 

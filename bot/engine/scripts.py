@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from bot.config.scripts import HandoffStep, Script, Step
+from bot.core.errors import PatientbotError
 from bot.engine.actions import OPTIONS_ARE_PHI, ActionContext, Actions
 from bot.engine.answers import prefill, read_answer
 from nlu.base import ParseResult
@@ -21,7 +22,7 @@ MAX_STEPS_PER_TURN = 40  # a script that loops without asking is a config error,
 _PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 
 
-class ScriptError(Exception):
+class ScriptError(PatientbotError):
     """A script could not run (a loop, an unknown action); the engine hands off."""
 
 

@@ -28,7 +28,8 @@ from bot.store.ingress import Ingress, IngressEntry
 
 class Sweeper(Protocol):
     """Periodic work every worker runs (each implementation makes itself safe to run in many
-    processes at once): `handoff.escalation.EscalationSweeper`, `handoff.slack.agents.SlackAgents`."""
+    processes at once): `handoff.escalation.EscalationSweeper`,
+    `handoff.slack.agents.SlackAgents`."""
 
     async def sweep(self) -> int: ...
 
@@ -106,6 +107,7 @@ class Worker:
             stopped.cancel()
             if not read.done():
                 read.cancel()
+                await asyncio.wait({read})  # let the cancellation land before reading it
         if read.cancelled():
             return []
         return read.result()

@@ -21,6 +21,7 @@ from email.utils import getaddresses
 from html.parser import HTMLParser
 
 from bot.core.envelopes import AttachmentMeta
+from bot.core.errors import PatientbotError
 from bot.core.mail import MAX_REFERENCES, MSGID, one_line, valid_address
 
 # Only the headers we read are parsed; these bound what the parser is asked to do.
@@ -47,7 +48,7 @@ _AUTOMATED_LOCAL = frozenset({"mailer-daemon", "postmaster", "noreply", "no-repl
 _BULK_PRECEDENCE = frozenset({"bulk", "list", "junk", "auto_reply"})
 
 
-class MailRefused(Exception):
+class MailRefused(PatientbotError):
     """The message is refused: `reply` is the SMTP answer, `reason` the metric label."""
 
     def __init__(self, reply: str, reason: str) -> None:

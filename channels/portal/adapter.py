@@ -26,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 from bot.config.loader import Config
 from bot.core.crypto import Hasher
 from bot.core.envelopes import Inbound, Outbound, utcnow
+from bot.core.errors import PatientbotError
 from bot.core.session import Direction
 from bot.engine.identity import PatientDirectory, normalise_name, parse_date
 from bot.messaging.intake import Intake, IntakeResult
@@ -59,7 +60,7 @@ class PortalAdapter:
         return f"portal:{cursor}"
 
 
-class BadRequest(Exception):
+class BadRequest(PatientbotError):
     def __init__(self, status: int, error: str) -> None:
         self.status, self.error = status, error
 

@@ -37,6 +37,7 @@ from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSaf
 from bot.config.agents import DeskAccount, DeskConfig
 from bot.core.crypto import KeyMaterial
 from bot.core.envelopes import utcnow
+from bot.core.errors import PatientbotError
 from bot.store import Store
 from bot.store.audit import AuditEvent, AuditLog
 
@@ -65,7 +66,7 @@ def desk_secret(keys: KeyMaterial) -> bytes:
     return keys.hasher.derive_key("agent-desk-v1")
 
 
-class SignInRefused(Exception):
+class SignInRefused(PatientbotError):
     """`code`: bad_credentials, locked, token_invalid, token_expired, token_used."""
 
     def __init__(self, code: str) -> None:
@@ -73,7 +74,7 @@ class SignInRefused(Exception):
         self.code = code
 
 
-class SessionEnded(Exception):
+class SessionEnded(PatientbotError):
     """A stored session passed its idle (`idle`) or absolute (`absolute`) limit."""
 
     def __init__(self, reason: str) -> None:

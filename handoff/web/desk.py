@@ -32,6 +32,7 @@ from starlette.staticfiles import StaticFiles
 from bot.config.agents import DeskAccount
 from bot.config.loader import Config
 from bot.core.envelopes import utcnow
+from bot.core.errors import PatientbotError
 from bot.core.http import Refused, read_body
 from bot.core.tickets import HandoffTicket
 from bot.store import Store
@@ -52,7 +53,7 @@ _PRE = re.compile(r"[A-Za-z0-9_-]{32}")
 NO_STORE = {"cache-control": "no-store"}  # every desk page may show PHI
 
 
-class FormError(Exception):
+class FormError(PatientbotError):
     def __init__(self, status: int) -> None:
         super().__init__(status)
         self.status = status

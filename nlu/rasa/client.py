@@ -19,6 +19,7 @@ import httpx
 import structlog
 from prometheus_client import Counter
 
+from bot.core.errors import PatientbotError
 from nlu.base import OUT_OF_SCOPE, IntentClassifier, IntentPrediction
 
 log = structlog.get_logger("patientbot.nlu.rasa")
@@ -36,7 +37,7 @@ Reason = Literal["timeout", "error", "circuit_open"]
 BreakerState = Literal["closed", "open", "half_open"]
 
 
-class RasaUnavailable(Exception):
+class RasaUnavailable(PatientbotError):
     """Rasa gave no usable answer; `reason` is the metric label, `retryable` whether another
     attempt could help (connect errors, timeouts, 5xx)."""
 

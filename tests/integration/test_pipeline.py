@@ -305,3 +305,36 @@ async def test_an_entry_that_keeps_failing_goes_to_dead_letters(runtime, monkeyp
 
     await run_workers_until(runtime, set_aside, reclaim_idle=0.05, timeout=30)
     assert await runtime.ingress.queue.pending() == 0
+
+
+class NeverAnswers:
+    """An ingress queue whose reads block until cancelled (a backend that holds the read);
+    everything else goes to the real queue."""
+
+    def __init__(self, queue) -> None:  # noqa: ANN001
+        self._queue = queue
+        self.cancelled_reads = 0
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self._queue, name)
+
+    async def read(self, consumer: str, *, count: int, block: float) -> list:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled_reads += 1
+            raise
+        return []
+
+
+async def test_a_worker_stops_without_waiting_out_its_blocking_read(runtime) -> None:
+    queue = NeverAnswers(runtime.ingress.queue)
+    runtime.ingress.queue = queue
+    stop = asyncio.Event()
+    worker = asyncio.create_task(runtime.new_worker("stopper").run(stop))
+    await asyncio.sleep(0.1)  # the worker is inside its read
+    stop.set()
+    # Well inside the read's own deadline (READ_BLOCK_SECONDS + BACKEND_DEADLINE).
+    async with asyncio.timeout(2):
+        await worker
+    assert queue.cancelled_reads == 1
