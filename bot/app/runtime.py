@@ -81,10 +81,6 @@ class Backends:
     audit: AuditLog
     redis: redis.Redis | None = None
 
-    @property
-    def persistent(self) -> bool:
-        return self.redis is not None
-
     async def close(self) -> None:
         if self.redis is not None:
             await self.redis.aclose()

@@ -14,7 +14,7 @@ from bot.app.cli.desk import add_desk_commands
 from bot.app.cli.engine import add_engine_commands
 from bot.app.cli.nlu import add_nlu_commands
 from bot.config.loader import DEFAULT_CONFIG_DIR, Config, load_config
-from bot.config.settings import load_settings
+from bot.config.settings import Settings, load_settings
 from bot.core.errors import ConfigError, SecretsError
 from bot.ops.logs import configure_logging
 
@@ -73,11 +73,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shared_runtime(args: argparse.Namespace, command: str):  # noqa: ANN202
-    runtime = _runtime(args)
-    if not runtime.settings.persistent:
+def _require_shared_storage(settings: Settings, command: str) -> None:
+    if not settings.persistent:
         raise SecretsError(f"`patientbot {command}` needs REDIS_URL: in-memory storage "
                            "cannot be shared between processes")
+
+
+def _shared_runtime(args: argparse.Namespace, command: str):  # noqa: ANN202
+    runtime = _runtime(args)
+    _require_shared_storage(runtime.settings, command)
     return runtime
 
 
@@ -108,11 +112,10 @@ def _run_operation(args: argparse.Namespace, command: str, operation) -> int:  #
 
     async def main() -> int:
         config = _load(args)
-        backends = build_backends(config, load_settings(config))
+        settings = load_settings(config)
+        _require_shared_storage(settings, command)
+        backends = build_backends(config, settings)
         try:
-            if not backends.persistent:
-                raise SecretsError(f"`patientbot {command}` needs REDIS_URL: in-memory storage "
-                                   "cannot be shared between processes")
             return await operation(backends)
         finally:
             await backends.close()
